@@ -1,0 +1,80 @@
+//! `attempts`: one run of the agent on the task, graded by the task's tests.
+#![allow(missing_docs)]
+
+use sea_orm::entity::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// Attempt lifecycle, with the platform's string values. `success` only when tests ran and all passed.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, Serialize, Deserialize,
+)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::N(32))")]
+#[serde(rename_all = "lowercase")]
+pub enum AttemptStatus {
+    #[sea_orm(string_value = "queued")]
+    Queued,
+    #[sea_orm(string_value = "running")]
+    Running,
+    #[sea_orm(string_value = "success")]
+    Success,
+    #[sea_orm(string_value = "failed")]
+    Failed,
+}
+
+impl AttemptStatus {
+    /// The platform's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptStatus::Queued => "queued",
+            AttemptStatus::Running => "running",
+            AttemptStatus::Success => "success",
+            AttemptStatus::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+#[sea_orm(table_name = "attempts")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: Uuid,
+    pub job_id: Uuid,
+    pub index: i32,
+    pub status: AttemptStatus,
+    pub tests_passed: i32,
+    pub tests_total: i32,
+    pub started_at: Option<DateTimeWithTimeZone>,
+    pub finished_at: Option<DateTimeWithTimeZone>,
+    #[sea_orm(column_type = "JsonBinary", nullable)]
+    pub reward_summary: Option<Json>,
+    pub log_path: Option<String>,
+    #[sea_orm(column_type = "JsonBinary", nullable)]
+    pub metadata: Option<Json>,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {
+    #[sea_orm(
+        belongs_to = "super::job::Entity",
+        from = "Column::JobId",
+        to = "super::job::Column::Id",
+        on_delete = "Cascade"
+    )]
+    Job,
+    #[sea_orm(has_many = "super::episode::Entity")]
+    Episodes,
+}
+
+impl Related<super::job::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::Job.def()
+    }
+}
+
+impl Related<super::episode::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::Episodes.def()
+    }
+}
+
+impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# Start (or install, on a fresh machine) the real services the test suite talks to:
+# PostgreSQL, Docker Engine with an offline `debian:bookworm-slim` base image, and an
+# S3-compatible server (s3s-fs) on loopback. Idempotent: safe to run again and again;
+# a second run only checks that everything is up.
+#
+# At the end the test environment variables are printed and written to
+# /var/tmp/tbw-services.env (source it before running the tests).
+set -euo pipefail
+
+PG_HOST=127.0.0.1
+PG_PORT=5432
+S3_HOST=127.0.0.1
+S3_PORT=8014
+S3_ACCESS_KEY=tbw-test-access
+S3_SECRET_KEY=tbw-test-secret
+S3_DATA_DIR=/var/tmp/tbw-s3
+S3_LOG=/var/tmp/tbw-s3.log
+S3S_VERSION=0.14.1
+BASE_IMAGE=debian:bookworm-slim
+DEBIAN_MIRROR=http://deb.debian.org/debian
+ENV_FILE=/var/tmp/tbw-services.env
+
+export PATH="$PATH:${HOME:-/root}/.cargo/bin:/usr/sbin:/sbin"
+
+step() { printf '==> %s\n' "$*"; }
+die() { printf 'services.sh: error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_updated=0
+apt_install() {
+    if [ "$apt_updated" -eq 0 ]; then
+        # Unreachable third-party sources make `apt-get update` fail even though the
+        # Debian mirror is fine; carry on and let the install decide.
+        as_root apt-get update || echo "    (apt-get update reported errors; continuing)"
+        apt_updated=1
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y "$@"
+}
+
+port_open() { # host port
+    (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null
+}
+
+# --------------------------------------------------------------------------- PostgreSQL
+pg_ready() { pg_isready -q -h "$PG_HOST" -p "$PG_PORT" >/dev/null 2>&1; }
+
+if pg_ready; then
+    step "PostgreSQL: already accepting connections on $PG_HOST:$PG_PORT"
+else
+    if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
+        step "PostgreSQL: not installed, installing postgresql"
+        apt_install postgresql
+        # shellcheck disable=SC2012
+        pg_version=$(ls /etc/postgresql | head -1)
+        # Tests connect as `postgres` over TCP on loopback without a password.
+        hba=/etc/postgresql/$pg_version/main/pg_hba.conf
+        if ! grep -q '^host all all 127.0.0.1/32 trust' "$hba"; then
+            as_root sed -i '/^# TYPE/a host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"
+        fi
+    fi
+    # shellcheck disable=SC2012
+    pg_version=$(ls /etc/postgresql | head -1)
+    step "PostgreSQL: starting cluster $pg_version/main"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$pg_version" main start || true
+    for _ in $(seq 1 60); do
+        pg_ready && break
+        sleep 1
+    done
+    pg_ready || die "PostgreSQL did not become ready on $PG_HOST:$PG_PORT"
+    step "PostgreSQL: ready"
+fi
+
+# --------------------------------------------------------------------------- Docker
+missing_pkgs=()
+command -v dockerd >/dev/null 2>&1 || missing_pkgs+=(docker.io)
+command -v debootstrap >/dev/null 2>&1 || missing_pkgs+=(debootstrap)
+command -v bwrap >/dev/null 2>&1 || missing_pkgs+=(bubblewrap)
+if [ "${#missing_pkgs[@]}" -gt 0 ]; then
+    step "Docker: installing ${missing_pkgs[*]}"
+    apt_install "${missing_pkgs[@]}"
+else
+    step "Docker: docker.io, debootstrap and bubblewrap are installed"
+fi
+
+if docker info >/dev/null 2>&1; then
+    step "Docker: daemon is running"
+else
+    step "Docker: starting dockerd (log: /var/log/dockerd.log)"
+    as_root bash -c 'nohup setsid dockerd >>/var/log/dockerd.log 2>&1 </dev/null &'
+    for _ in $(seq 1 60); do
+        docker info >/dev/null 2>&1 && break
+        sleep 1
+    done
+    docker info >/dev/null 2>&1 || die "dockerd did not come up within 60 s; see /var/log/dockerd.log"
+    step "Docker: daemon is running"
+fi
+
+# --------------------------------------------------------------------------- base image
+if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+    step "Base image: $BASE_IMAGE present"
+else
+    step "Base image: building $BASE_IMAGE offline with debootstrap (about a minute)"
+    started=$(date +%s)
+    rootfs=$(mktemp -d /var/tmp/tbw-rootfs.XXXXXX)
+    trap 'as_root rm -rf "$rootfs"' EXIT
+    as_root debootstrap --variant=minbase bookworm "$rootfs" "$DEBIAN_MIRROR" >/var/tmp/tbw-debootstrap.log 2>&1 \
+        || die "debootstrap failed; see /var/tmp/tbw-debootstrap.log"
+    # Host CA bundle, so HTTPS (pip, curl) works inside task containers.
+    as_root mkdir -p "$rootfs/etc/ssl/certs"
+    as_root cp /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/ca-certificates.crt"
+    as_root tee "$rootfs/etc/apt/sources.list" >/dev/null <<EOF
+deb $DEBIAN_MIRROR bookworm main
+deb $DEBIAN_MIRROR bookworm-updates main
+deb http://deb.debian.org/debian-security bookworm-security main
+EOF
+    as_root rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin \
+        "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/cache/apt/archives/partial/* \
+        "$rootfs"/var/log/*.log "$rootfs"/var/log/apt/* "$rootfs"/tmp/* "$rootfs"/var/tmp/*
+    as_root mkdir -p "$rootfs/var/lib/apt/lists/partial"
+    as_root tar -C "$rootfs" -c . | docker import --change 'CMD ["bash"]' - "$BASE_IMAGE" >/dev/null
+    as_root rm -rf "$rootfs"
+    trap - EXIT
+    step "Base image: $BASE_IMAGE imported in $(( $(date +%s) - started )) s"
+fi
+
+# --------------------------------------------------------------------------- S3 (s3s-fs)
+if command -v s3s-fs >/dev/null 2>&1; then
+    step "S3: s3s-fs is installed ($(command -v s3s-fs))"
+else
+    step "S3: installing s3s-fs $S3S_VERSION with cargo (about 2 minutes)"
+    command -v cargo >/dev/null 2>&1 || die "cargo not found; install Rust (rustup) first"
+    CARGO_TARGET_DIR=/var/tmp/s3s-target cargo install "s3s-fs@$S3S_VERSION" --features binary --locked
+    command -v s3s-fs >/dev/null 2>&1 || die "s3s-fs still not on PATH after cargo install"
+fi
+
+if port_open "$S3_HOST" "$S3_PORT"; then
+    step "S3: something already listens on $S3_HOST:$S3_PORT"
+else
+    step "S3: starting s3s-fs on $S3_HOST:$S3_PORT (data: $S3_DATA_DIR, log: $S3_LOG)"
+    mkdir -p "$S3_DATA_DIR"
+    nohup setsid "$(command -v s3s-fs)" --host "$S3_HOST" --port "$S3_PORT" \
+        --access-key "$S3_ACCESS_KEY" --secret-key "$S3_SECRET_KEY" "$S3_DATA_DIR" \
+        >>"$S3_LOG" 2>&1 </dev/null &
+    for _ in $(seq 1 30); do
+        port_open "$S3_HOST" "$S3_PORT" && break
+        sleep 1
+    done
+    port_open "$S3_HOST" "$S3_PORT" || die "s3s-fs did not start listening; see $S3_LOG"
+    step "S3: s3s-fs is listening"
+fi
+
+# --------------------------------------------------------------------------- environment
+cat >"$ENV_FILE" <<EOF
+export TBW_TEST_DATABASE_URL=postgres://postgres@$PG_HOST:$PG_PORT/postgres
+export TBW_TEST_S3_ENDPOINT=http://$S3_HOST:$S3_PORT
+export TBW_TEST_S3_ACCESS_KEY_ID=$S3_ACCESS_KEY
+export TBW_TEST_S3_SECRET_ACCESS_KEY=$S3_SECRET_KEY
+export TBW_TEST_S3_REGION=us-east-1
+EOF
+step "Services ready. Test environment (also in $ENV_FILE):"
+sed 's/^/    /' "$ENV_FILE"

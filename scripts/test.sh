@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Run the whole test suite against real services (PostgreSQL, Docker, s3s-fs).
+# Extra arguments go to `cargo nextest run`, e.g. `scripts/test.sh -E 'test(s3)'`.
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo_root"
+
+bash scripts/services.sh
+# shellcheck disable=SC1091
+source /var/tmp/tbw-services.env
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/tbw-target}"
+export PATH="$PATH:${HOME:-/root}/.cargo/bin"
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+    echo "==> installing cargo-nextest (one time, a few minutes)"
+    CARGO_TARGET_DIR=/var/tmp/nextest-target cargo install cargo-nextest --locked
+fi
+
+cargo nextest run --workspace --no-fail-fast "$@"

@@ -1,0 +1,185 @@
+//! One attempt: start the environment, run the agent, run the verifier, collect and upload the trial folder, and
+//! remove the environment on every path.
+//!
+//! [`run_attempt`] never returns an error: whatever happens becomes an [`AttemptOutcome`] with a status, an error type
+//! the platform understands ([`ErrorType`]) and a message a user can act on. Each phase lives in its own module.
+
+pub mod agent;
+pub mod outcome;
+pub mod trial;
+pub mod verifier;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub use outcome::{AttemptOutcome, EpisodeRecord, ErrorType, PhaseTiming, TestCase};
+
+use crate::runtime::{PreparedImage, Runtime, Sandbox, SandboxSpec};
+use crate::store::ArtifactStore;
+use crate::task::Task;
+
+/// Everything an attempt needs that its job prepared.
+#[derive(Clone)]
+pub struct AttemptContext {
+    /// Where sandboxes come from.
+    pub runtime: Arc<dyn Runtime>,
+    /// Where the trial folder goes.
+    pub store: ArtifactStore,
+    /// The job's prepared environment.
+    pub image: PreparedImage,
+    /// The extracted task.
+    pub task: Arc<Task>,
+    /// The job id.
+    pub job_id: Uuid,
+    /// CPU limit when `task.toml` names none.
+    pub default_cpus: f64,
+    /// Memory limit (MiB) when `task.toml` names none.
+    pub default_memory_mb: u64,
+    /// Whole-attempt deadline (`HARBOR_TIMEOUT_MS`).
+    pub attempt_timeout: Duration,
+    /// Host folder for this job's attempts' scratch space.
+    pub scratch_root: PathBuf,
+    /// Cancelled when the job is cancelled or the worker must stop.
+    pub cancel: CancellationToken,
+}
+
+/// The attempt's identity.
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptId {
+    /// Row id.
+    pub id: Uuid,
+    /// Index within the job.
+    pub index: i32,
+}
+
+/// How an attempt ended early.
+enum Interrupted {
+    Timeout,
+    Cancelled,
+}
+
+/// Run one attempt to its end.
+pub async fn run_attempt(ctx: &AttemptContext, attempt: AttemptId) -> AttemptOutcome {
+    let mut out = AttemptOutcome::new(attempt.id, attempt.index);
+    let scratch = ctx.scratch_root.join(format!("attempt-{}", attempt.index));
+    let trial_dir = scratch.join("trial");
+    let env = &ctx.task.spec.environment;
+    let spec = SandboxSpec {
+        job_id: ctx.job_id,
+        attempt_id: attempt.id,
+        attempt_index: attempt.index,
+        cpus: env.cpus.unwrap_or(ctx.default_cpus),
+        memory_mb: env.memory_mb.unwrap_or(ctx.default_memory_mb),
+        workdir: env.workdir.clone(),
+        env: env.env.clone(),
+        scratch_dir: scratch.join("sandbox"),
+    };
+    let deadline = Instant::now() + ctx.attempt_timeout;
+    let mut sandbox: Option<Box<dyn Sandbox>> = None;
+
+    let interrupted = tokio::select! {
+        biased;
+        _ = ctx.cancel.cancelled() => Some(Interrupted::Cancelled),
+        _ = tokio::time::sleep_until(deadline) => Some(Interrupted::Timeout),
+        _ = phases(ctx, &spec, &mut out, &mut sandbox) => None,
+    };
+    match interrupted {
+        Some(Interrupted::Cancelled) => out.fail(
+            ErrorType::CancellationError,
+            "the job was cancelled while this attempt ran",
+        ),
+        Some(Interrupted::Timeout) => out.fail(
+            ErrorType::TimeoutError,
+            format!(
+                "the attempt took longer than its limit of {}",
+                humanize(ctx.attempt_timeout)
+            ),
+        ),
+        None => {}
+    }
+
+    // Collect and upload what exists, except after a cancellation, where only speed matters.
+    if let Some(sb) = &sandbox
+        && !matches!(interrupted, Some(Interrupted::Cancelled))
+    {
+        let collect = trial::collect(sb.as_ref(), &trial_dir);
+        if let Err(e) = tokio::time::timeout(Duration::from_secs(120), collect)
+            .await
+            .unwrap_or_else(|_| {
+                Err(crate::runtime::RuntimeError::Backend(
+                    "copying logs out took longer than 120 s".into(),
+                ))
+            })
+        {
+            tracing::warn!(error = %e, "could not copy the attempt's logs out of its environment");
+        }
+    }
+    if let Some(sb) = sandbox.take() {
+        let started = Instant::now();
+        if let Err(e) = sb.remove().await {
+            tracing::warn!(sandbox = sb.id(), error = %e, "could not remove the attempt's environment; it will be swept later");
+        }
+        out.timing.teardown = Some(started.elapsed());
+    }
+    out.finished_at = Some(Utc::now());
+    out.finalize_status();
+
+    if !matches!(interrupted, Some(Interrupted::Cancelled)) {
+        let prefix = format!("results/{}/attempt-{}", ctx.job_id, attempt.index);
+        match trial::write_and_upload(ctx, &out, &trial_dir, &prefix).await {
+            Ok(url) => out.log_path = Some(url),
+            Err(e) => tracing::warn!(error = %e, "could not upload the attempt's trial folder"),
+        }
+    }
+    if let Err(e) = tokio::fs::remove_dir_all(&scratch).await
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %scratch.display(), error = %e, "could not remove scratch folder");
+    }
+    out
+}
+
+async fn phases(
+    ctx: &AttemptContext,
+    spec: &SandboxSpec,
+    out: &mut AttemptOutcome,
+    slot: &mut Option<Box<dyn Sandbox>>,
+) {
+    out.started_at = Some(Utc::now());
+    let started = Instant::now();
+    let sandbox = match ctx.runtime.start(&ctx.image, spec).await {
+        Ok(sb) => &**slot.insert(sb),
+        Err(e) => {
+            out.timing.environment_setup = Some(started.elapsed());
+            out.fail(ErrorType::ExecutionError, e.to_string());
+            return;
+        }
+    };
+    out.timing.environment_setup = Some(started.elapsed());
+    out.container_id = Some(sandbox.id().to_string());
+
+    let started = Instant::now();
+    agent::run_oracle(&ctx.task, sandbox, out).await;
+    out.timing.agent_execution = Some(started.elapsed());
+
+    let started = Instant::now();
+    verifier::run(&ctx.task, sandbox, out).await;
+    out.timing.verifier = Some(started.elapsed());
+}
+
+/// "90 s", "30 min", "1 h 30 min".
+pub fn humanize(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        0..120 => format!("{secs} s"),
+        120..7200 if secs % 60 == 0 => format!("{} min", secs / 60),
+        120..7200 => format!("{} min {} s", secs / 60, secs % 60),
+        _ => format!("{} h {} min", secs / 3600, (secs % 3600) / 60),
+    }
+}

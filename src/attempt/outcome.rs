@@ -1,0 +1,306 @@
+//! What an attempt produced, in the shapes the platform reads.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use entity::attempt::AttemptStatus;
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+/// The platform's `metadata.errorType` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ErrorType {
+    /// The model's API refused for rate limits.
+    RateLimitError,
+    /// The attempt (or its agent) ran out of time.
+    TimeoutError,
+    /// The job was cancelled.
+    CancellationError,
+    /// Anything else that went wrong running the attempt.
+    ExecutionError,
+}
+
+impl ErrorType {
+    /// The platform's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorType::RateLimitError => "RateLimitError",
+            ErrorType::TimeoutError => "TimeoutError",
+            ErrorType::CancellationError => "CancellationError",
+            ErrorType::ExecutionError => "ExecutionError",
+        }
+    }
+}
+
+/// One entry of `metadata.testCases`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TestCase {
+    /// Test name.
+    pub name: String,
+    /// `passed`, `failed`, `skipped`, ...
+    pub status: String,
+    /// Failure message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Failure trace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
+}
+
+/// One `episodes` row to write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpisodeRecord {
+    /// The agent's analysis of the state.
+    pub state_analysis: String,
+    /// The agent's plan.
+    pub explanation: String,
+    /// `[{command, output, exitCode?}]`.
+    pub commands: Value,
+    /// How long the turn took.
+    pub duration_ms: i32,
+}
+
+/// Time spent in each phase.
+#[derive(Debug, Clone, Default)]
+pub struct PhaseTiming {
+    /// Starting the container.
+    pub environment_setup: Option<Duration>,
+    /// The agent.
+    pub agent_execution: Option<Duration>,
+    /// The tests.
+    pub verifier: Option<Duration>,
+    /// Removing the container.
+    pub teardown: Option<Duration>,
+}
+
+impl PhaseTiming {
+    fn to_json(&self) -> Value {
+        let ms = |d: &Option<Duration>| d.map(|d| d.as_millis() as u64);
+        json!({
+            "environmentSetupMs": ms(&self.environment_setup),
+            "agentExecutionMs": ms(&self.agent_execution),
+            "verifierMs": ms(&self.verifier),
+            "teardownMs": ms(&self.teardown),
+        })
+    }
+}
+
+/// Everything known about an attempt when it ends.
+#[derive(Debug, Clone)]
+pub struct AttemptOutcome {
+    /// Row id.
+    pub attempt_id: Uuid,
+    /// Index within the job.
+    pub index: i32,
+    /// Final status (set by [`AttemptOutcome::finalize_status`]).
+    pub status: AttemptStatus,
+    /// Tests that passed.
+    pub tests_passed: i32,
+    /// Tests that ran.
+    pub tests_total: i32,
+    /// The verifier's reward map.
+    pub reward: Option<Map<String, Value>>,
+    /// Per-test results.
+    pub test_cases: Vec<TestCase>,
+    /// The first thing that went wrong.
+    pub error: Option<(ErrorType, String)>,
+    /// True when the agent hit its own `task.toml` timeout (the verifier still ran).
+    pub agent_timed_out: bool,
+    /// True when the verifier ran to its end.
+    pub verifier_ran: bool,
+    /// Episodes to record.
+    pub episodes: Vec<EpisodeRecord>,
+    /// Short previews of the last command's output.
+    pub stdout_preview: Option<String>,
+    /// Short previews of the last command's error output.
+    pub stderr_preview: Option<String>,
+    /// Phase timing.
+    pub timing: PhaseTiming,
+    /// When it started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it ended.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Where the trial folder went (`s3://bucket/results/<job>/attempt-<i>/`).
+    pub log_path: Option<String>,
+    /// The container (or sandbox) id.
+    pub container_id: Option<String>,
+}
+
+/// Longest preview kept in the attempt's metadata.
+const PREVIEW_CHARS: usize = 2000;
+
+/// At most `max` characters (not bytes), marking the cut.
+pub fn truncate_chars(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}… [truncated]", &s[..cut]),
+        None => s.to_string(),
+    }
+}
+
+impl AttemptOutcome {
+    /// A fresh outcome for a new attempt.
+    pub fn new(attempt_id: Uuid, index: i32) -> Self {
+        AttemptOutcome {
+            attempt_id,
+            index,
+            status: AttemptStatus::Running,
+            tests_passed: 0,
+            tests_total: 0,
+            reward: None,
+            test_cases: Vec::new(),
+            error: None,
+            agent_timed_out: false,
+            verifier_ran: false,
+            episodes: Vec::new(),
+            stdout_preview: None,
+            stderr_preview: None,
+            timing: PhaseTiming::default(),
+            started_at: None,
+            finished_at: None,
+            log_path: None,
+            container_id: None,
+        }
+    }
+
+    /// Record an error; the first one wins, except that cancellation always wins (it explains everything after).
+    pub fn fail(&mut self, kind: ErrorType, message: impl Into<String>) {
+        if self.error.is_none() || kind == ErrorType::CancellationError {
+            self.error = Some((kind, message.into()));
+        }
+    }
+
+    /// Keep short previews of a command's output.
+    pub fn set_previews(&mut self, stdout: &str, stderr: &str) {
+        self.stdout_preview = (!stdout.is_empty()).then(|| truncate_chars(stdout, PREVIEW_CHARS));
+        self.stderr_preview = (!stderr.is_empty()).then(|| truncate_chars(stderr, PREVIEW_CHARS));
+    }
+
+    /// True when the attempt was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self.error, Some((ErrorType::CancellationError, _)))
+    }
+
+    /// `success` only when tests ran and all passed (0/0 is a failure) and the attempt was not cut short.
+    pub fn finalize_status(&mut self) {
+        let cut_short = matches!(
+            self.error,
+            Some((ErrorType::CancellationError | ErrorType::TimeoutError, _))
+        ) && !self.agent_timed_out_only();
+        self.status = if self.verifier_ran
+            && self.tests_total > 0
+            && self.tests_passed == self.tests_total
+            && !cut_short
+        {
+            AttemptStatus::Success
+        } else {
+            if self.error.is_none() {
+                let msg = if self.tests_total == 0 {
+                    "the verifier reported no tests".to_string()
+                } else {
+                    format!(
+                        "{} of {} tests failed",
+                        self.tests_total - self.tests_passed,
+                        self.tests_total
+                    )
+                };
+                self.error = Some((ErrorType::ExecutionError, msg));
+            }
+            AttemptStatus::Failed
+        };
+    }
+
+    fn agent_timed_out_only(&self) -> bool {
+        self.agent_timed_out
+            && matches!(self.error, Some((ErrorType::TimeoutError, _)))
+            && self.verifier_ran
+    }
+
+    /// The reward map as JSON.
+    pub fn reward_json(&self) -> Option<Value> {
+        self.reward.clone().map(Value::Object)
+    }
+
+    /// The attempt row's `metadata`.
+    pub fn metadata_json(&self, agent_name: &str) -> Value {
+        let mut m = Map::new();
+        m.insert(
+            "testCases".into(),
+            serde_json::to_value(&self.test_cases).unwrap_or_else(|_| json!([])),
+        );
+        m.insert("agent".into(), json!(agent_name));
+        m.insert("timing".into(), self.timing.to_json());
+        if self.agent_timed_out {
+            m.insert("agentTimedOut".into(), json!(true));
+        }
+        if let Some(id) = &self.container_id {
+            m.insert("containerId".into(), json!(id));
+        }
+        if self.status == AttemptStatus::Failed
+            && let Some((kind, message)) = &self.error
+        {
+            m.insert("error".into(), json!(message));
+            m.insert("errorType".into(), json!(kind.as_str()));
+            if let Some(s) = &self.stdout_preview {
+                m.insert("stdoutPreview".into(), json!(s));
+            }
+            if let Some(s) = &self.stderr_preview {
+                m.insert("stderrPreview".into(), json!(s));
+            }
+        }
+        Value::Object(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(passed: i32, total: i32, ran: bool) -> AttemptOutcome {
+        let mut o = AttemptOutcome::new(Uuid::nil(), 0);
+        o.tests_passed = passed;
+        o.tests_total = total;
+        o.verifier_ran = ran;
+        o
+    }
+
+    #[test]
+    fn success_needs_tests_that_all_passed() {
+        let mut o = outcome(2, 2, true);
+        o.finalize_status();
+        assert_eq!(o.status, AttemptStatus::Success);
+        let mut o = outcome(0, 0, true);
+        o.finalize_status();
+        assert_eq!(o.status, AttemptStatus::Failed);
+        assert_eq!(o.metadata_json("oracle")["errorType"], "ExecutionError");
+        let mut o = outcome(1, 2, true);
+        o.finalize_status();
+        assert_eq!(o.status, AttemptStatus::Failed);
+        assert_eq!(o.metadata_json("oracle")["error"], "1 of 2 tests failed");
+    }
+
+    #[test]
+    fn cancellation_wins_over_passing_tests() {
+        let mut o = outcome(2, 2, true);
+        o.fail(ErrorType::ExecutionError, "x");
+        o.fail(ErrorType::CancellationError, "cancelled");
+        o.finalize_status();
+        assert_eq!(o.status, AttemptStatus::Failed);
+        assert_eq!(o.metadata_json("oracle")["errorType"], "CancellationError");
+    }
+
+    #[test]
+    fn an_agent_timeout_with_passing_tests_is_a_success() {
+        let mut o = outcome(1, 1, true);
+        o.agent_timed_out = true;
+        o.fail(ErrorType::TimeoutError, "agent timed out");
+        o.finalize_status();
+        assert_eq!(o.status, AttemptStatus::Success);
+    }
+
+    #[test]
+    fn truncation_counts_characters() {
+        assert_eq!(truncate_chars("héllo", 2), "hé… [truncated]");
+        assert_eq!(truncate_chars("hi", 5), "hi");
+    }
+}

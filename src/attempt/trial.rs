@@ -1,0 +1,72 @@
+//! The Harbor-style trial folder: `result.json`, `agent/` (copied from `/logs/agent`) and `verifier/` (from
+//! `/logs/verifier`), uploaded to `results/<job_id>/attempt-<index>/`.
+
+use std::path::Path;
+
+use serde_json::json;
+
+use super::{AttemptContext, AttemptOutcome, agent::ORACLE};
+use crate::runtime::{RuntimeError, Sandbox};
+use crate::store::StoreError;
+
+/// Copy the log folders out of the sandbox into `trial_dir`.
+pub async fn collect(sandbox: &dyn Sandbox, trial_dir: &Path) -> Result<(), RuntimeError> {
+    sandbox
+        .copy_dir_out("/logs/agent", &trial_dir.join("agent"))
+        .await?;
+    sandbox
+        .copy_dir_out("/logs/verifier", &trial_dir.join("verifier"))
+        .await
+}
+
+/// The trial's `result.json`.
+pub fn result_json(ctx: &AttemptContext, out: &AttemptOutcome) -> serde_json::Value {
+    let ms = |d: Option<std::time::Duration>| d.map(|d| d.as_millis() as u64);
+    json!({
+        "id": out.attempt_id,
+        "trial_name": format!("attempt-{}", out.index),
+        "task_name": ctx.task.name,
+        "job_id": ctx.job_id,
+        "status": out.status.as_str(),
+        "agent_info": { "name": ORACLE, "version": env!("CARGO_PKG_VERSION"), "model_info": null },
+        "environment": { "image": ctx.image.reference, "runtime": ctx.runtime.describe(), "container_id": out.container_id },
+        "verifier_result": {
+            "rewards": out.reward_json(),
+            "tests_passed": out.tests_passed,
+            "tests_total": out.tests_total,
+            "test_cases": out.test_cases,
+        },
+        "exception_info": out.error.as_ref().filter(|_| out.status == entity::attempt::AttemptStatus::Failed).map(|(kind, message)| json!({
+            "exception_type": kind.as_str(),
+            "exception_message": message,
+        })),
+        "started_at": out.started_at,
+        "finished_at": out.finished_at,
+        "timing_ms": {
+            "environment_setup": ms(out.timing.environment_setup),
+            "agent_execution": ms(out.timing.agent_execution),
+            "verifier": ms(out.timing.verifier),
+            "teardown": ms(out.timing.teardown),
+        },
+    })
+}
+
+/// Write `result.json` into `trial_dir` and upload the folder; returns the `log_path` URL (ending in `/`).
+pub async fn write_and_upload(
+    ctx: &AttemptContext,
+    out: &AttemptOutcome,
+    trial_dir: &Path,
+    prefix: &str,
+) -> Result<String, StoreError> {
+    let io = |e: std::io::Error| StoreError::Backend {
+        url: trial_dir.display().to_string(),
+        message: e.to_string(),
+    };
+    tokio::fs::create_dir_all(trial_dir).await.map_err(io)?;
+    let text = serde_json::to_vec_pretty(&result_json(ctx, out)).unwrap_or_default();
+    tokio::fs::write(trial_dir.join("result.json"), text)
+        .await
+        .map_err(io)?;
+    ctx.store.put_dir(trial_dir, prefix).await?;
+    Ok(format!("{}/", ctx.store.url_for(prefix)))
+}

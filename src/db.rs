@@ -1,0 +1,290 @@
+//! Reads and writes of the platform's tables. Every status change is conditional on the status it expects, so the
+//! worker never overwrites what the platform decided (a cancelled job stays cancelled).
+
+use chrono::{DateTime, Utc};
+use entity::attempt::{self, AttemptStatus};
+use entity::episode;
+use entity::job::{self, JobStatus};
+use migration::{Migrator, MigratorTrait};
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
+    DbErr, EntityTrait, QueryFilter, QueryOrder, TransactionTrait,
+};
+use uuid::Uuid;
+
+use crate::attempt::AttemptOutcome;
+
+fn now() -> DateTime<chrono::FixedOffset> {
+    Utc::now().fixed_offset()
+}
+
+/// Connect (PostgreSQL or SQLite). Errors name the database kind, never the URL (it may carry a password).
+pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
+    let mut options = ConnectOptions::new(url.to_string());
+    options
+        .sqlx_logging(false)
+        .max_connections(16)
+        .connect_timeout(std::time::Duration::from_secs(10));
+    Database::connect(options).await
+}
+
+/// Apply pending migrations.
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
+    Migrator::up(db, None).await
+}
+
+/// Insert a `queued` job, as the web application does.
+pub async fn insert_job(
+    db: &impl ConnectionTrait,
+    task_name: &str,
+    runs_requested: i32,
+    zip_object_url: &str,
+    owner_id: Option<Uuid>,
+) -> Result<job::Model, DbErr> {
+    let at = now();
+    job::Entity::insert(job::ActiveModel {
+        id: Set(Uuid::new_v4()),
+        task_name: Set(task_name.chars().take(256).collect()),
+        status: Set(JobStatus::Queued),
+        runs_requested: Set(runs_requested),
+        runs_completed: Set(0),
+        zip_object_url: Set(Some(zip_object_url.to_string())),
+        owner_id: Set(owner_id),
+        error_message: Set(None),
+        metadata: Set(Some(serde_json::json!({}))),
+        created_at: Set(at),
+        updated_at: Set(at),
+    })
+    .exec_with_returning(db)
+    .await
+}
+
+/// A job by id.
+pub async fn find_job(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<job::Model>, DbErr> {
+    job::Entity::find_by_id(id).one(db).await
+}
+
+/// Queued jobs, oldest first.
+pub async fn queued_jobs(db: &impl ConnectionTrait, limit: u64) -> Result<Vec<job::Model>, DbErr> {
+    use sea_orm::QuerySelect;
+    job::Entity::find()
+        .filter(job::Column::Status.eq(JobStatus::Queued))
+        .order_by_asc(job::Column::CreatedAt)
+        .limit(limit)
+        .all(db)
+        .await
+}
+
+/// Owners with a job running, and how many.
+pub async fn running_per_owner(
+    db: &impl ConnectionTrait,
+) -> Result<std::collections::HashMap<Option<Uuid>, usize>, DbErr> {
+    let running = job::Entity::find()
+        .filter(job::Column::Status.eq(JobStatus::Running))
+        .all(db)
+        .await?;
+    let mut counts = std::collections::HashMap::new();
+    for j in running {
+        *counts.entry(j.owner_id).or_insert(0) += 1;
+    }
+    Ok(counts)
+}
+
+/// Move a job from `from` to `to` if (and only if) it is still in `from`. Returns whether it moved.
+pub async fn transition_job(
+    db: &impl ConnectionTrait,
+    id: Uuid,
+    from: JobStatus,
+    to: JobStatus,
+    error_message: Option<&str>,
+) -> Result<bool, DbErr> {
+    let mut update = job::Entity::update_many()
+        .col_expr(job::Column::Status, Expr::value(to.as_str()))
+        .col_expr(job::Column::UpdatedAt, Expr::value(now()));
+    if let Some(message) = error_message {
+        update = update.col_expr(job::Column::ErrorMessage, Expr::value(message));
+    }
+    let result = update
+        .filter(job::Column::Id.eq(id))
+        .filter(job::Column::Status.eq(from))
+        .exec(db)
+        .await?;
+    Ok(result.rows_affected == 1)
+}
+
+/// Claim a queued job for this worker (`queued` → `running`). Returns false when someone else got it first.
+pub async fn claim_job(db: &impl ConnectionTrait, id: Uuid) -> Result<bool, DbErr> {
+    transition_job(db, id, JobStatus::Queued, JobStatus::Running, None).await
+}
+
+/// Fail a job that has not reached a final state (a cancelled job is already final and is left alone).
+pub async fn fail_job(db: &impl ConnectionTrait, id: Uuid, message: &str) -> Result<bool, DbErr> {
+    if transition_job(db, id, JobStatus::Running, JobStatus::Failed, Some(message)).await? {
+        return Ok(true);
+    }
+    transition_job(db, id, JobStatus::Queued, JobStatus::Failed, Some(message)).await
+}
+
+/// Cancel a job the way the platform does: `failed` with a message containing "cancelled".
+pub async fn cancel_job(db: &impl ConnectionTrait, id: Uuid) -> Result<bool, DbErr> {
+    fail_job(db, id, "Job cancelled by user").await
+}
+
+/// The job's attempt rows `0..runs`, creating the missing ones as `queued`. Rows already final are returned as they
+/// are (a re-run continues where it stopped instead of adding a second attempt with the same index).
+pub async fn ensure_attempts(
+    db: &DatabaseConnection,
+    job_id: Uuid,
+    runs: i32,
+) -> Result<Vec<attempt::Model>, DbErr> {
+    let existing = attempts_of(db, job_id).await?;
+    let txn = db.begin().await?;
+    let mut rows = Vec::new();
+    for index in 0..runs {
+        if let Some(row) = existing.iter().find(|a| a.index == index) {
+            rows.push(row.clone());
+            continue;
+        }
+        let row = attempt::Entity::insert(attempt::ActiveModel {
+            id: Set(Uuid::new_v4()),
+            job_id: Set(job_id),
+            index: Set(index),
+            status: Set(AttemptStatus::Queued),
+            tests_passed: Set(0),
+            tests_total: Set(0),
+            started_at: Set(None),
+            finished_at: Set(None),
+            reward_summary: Set(None),
+            log_path: Set(None),
+            metadata: Set(Some(serde_json::json!({}))),
+        })
+        .exec_with_returning(&txn)
+        .await?;
+        rows.push(row);
+    }
+    txn.commit().await?;
+    Ok(rows)
+}
+
+/// A job's attempts by index.
+pub async fn attempts_of(
+    db: &impl ConnectionTrait,
+    job_id: Uuid,
+) -> Result<Vec<attempt::Model>, DbErr> {
+    attempt::Entity::find()
+        .filter(attempt::Column::JobId.eq(job_id))
+        .order_by_asc(attempt::Column::Index)
+        .all(db)
+        .await
+}
+
+/// An attempt's episodes by index.
+pub async fn episodes_of(
+    db: &impl ConnectionTrait,
+    attempt_id: Uuid,
+) -> Result<Vec<episode::Model>, DbErr> {
+    episode::Entity::find()
+        .filter(episode::Column::AttemptId.eq(attempt_id))
+        .order_by_asc(episode::Column::Index)
+        .all(db)
+        .await
+}
+
+/// Mark an attempt `running`.
+pub async fn attempt_started(db: &impl ConnectionTrait, id: Uuid) -> Result<(), DbErr> {
+    attempt::Entity::update_many()
+        .col_expr(
+            attempt::Column::Status,
+            Expr::value(AttemptStatus::Running.as_str()),
+        )
+        .col_expr(attempt::Column::StartedAt, Expr::value(now()))
+        .filter(attempt::Column::Id.eq(id))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+/// Write an attempt's outcome, its episodes, and (unless it was cancelled) count it in `runs_completed`, in one
+/// transaction.
+pub async fn record_outcome(
+    db: &DatabaseConnection,
+    job_id: Uuid,
+    out: &AttemptOutcome,
+    agent_name: &str,
+) -> Result<(), DbErr> {
+    let txn = db.begin().await?;
+    attempt::Entity::update(attempt::ActiveModel {
+        id: Set(out.attempt_id),
+        status: Set(out.status),
+        tests_passed: Set(out.tests_passed),
+        tests_total: Set(out.tests_total),
+        started_at: Set(out.started_at.map(|t| t.fixed_offset())),
+        finished_at: Set(Some(
+            out.finished_at.unwrap_or_else(Utc::now).fixed_offset(),
+        )),
+        reward_summary: Set(out.reward_json()),
+        log_path: Set(out.log_path.clone()),
+        metadata: Set(Some(out.metadata_json(agent_name))),
+        ..Default::default()
+    })
+    .exec(&txn)
+    .await?;
+    episode::Entity::delete_many()
+        .filter(episode::Column::AttemptId.eq(out.attempt_id))
+        .exec(&txn)
+        .await?;
+    for (index, ep) in out.episodes.iter().enumerate() {
+        episode::Entity::insert(episode::ActiveModel {
+            id: Set(Uuid::new_v4()),
+            attempt_id: Set(out.attempt_id),
+            index: Set(i32::try_from(index).unwrap_or(i32::MAX)),
+            state_analysis: Set(ep.state_analysis.clone()),
+            explanation: Set(ep.explanation.clone()),
+            commands: Set(Some(ep.commands.clone())),
+            duration_ms: Set(Some(ep.duration_ms)),
+            metadata: Set(Some(serde_json::json!({ "agent": agent_name }))),
+        })
+        .exec(&txn)
+        .await?;
+    }
+    if !out.is_cancelled() {
+        job::Entity::update_many()
+            .col_expr(
+                job::Column::RunsCompleted,
+                Expr::col(job::Column::RunsCompleted).add(1),
+            )
+            .col_expr(job::Column::UpdatedAt, Expr::value(now()))
+            .filter(job::Column::Id.eq(job_id))
+            .exec(&txn)
+            .await?;
+    }
+    txn.commit().await
+}
+
+/// Fail every attempt of a job that has not finished, with the given error (used when a job cannot run at all, or
+/// was cancelled before some attempts started).
+pub async fn fail_unfinished_attempts(
+    db: &impl ConnectionTrait,
+    job_id: Uuid,
+    error_type: &str,
+    message: &str,
+) -> Result<u64, DbErr> {
+    let result = attempt::Entity::update_many()
+        .col_expr(
+            attempt::Column::Status,
+            Expr::value(AttemptStatus::Failed.as_str()),
+        )
+        .col_expr(attempt::Column::FinishedAt, Expr::value(now()))
+        .col_expr(
+            attempt::Column::Metadata,
+            Expr::value(
+                serde_json::json!({ "testCases": [], "error": message, "errorType": error_type }),
+            ),
+        )
+        .filter(attempt::Column::JobId.eq(job_id))
+        .filter(attempt::Column::Status.is_in([AttemptStatus::Queued, AttemptStatus::Running]))
+        .exec(db)
+        .await?;
+    Ok(result.rows_affected)
+}

@@ -1,0 +1,380 @@
+//! `terminal-bench-worker`: the worker daemon and its operator commands.
+#![forbid(unsafe_code)]
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use entity::attempt::AttemptStatus;
+use entity::job::JobStatus;
+use eyre::{WrapErr, bail, eyre};
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use terminal_bench_worker::config::{Config, LogFormat};
+use terminal_bench_worker::job::Worker;
+use terminal_bench_worker::setup::{self, Mode};
+use terminal_bench_worker::{db, poller, submit};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Runs Terminal-Bench task evaluations for the evaluation platform"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the worker daemon: poll for queued jobs and process them (needs DATABASE_URL, S3_* and Docker).
+    Worker {
+        /// Seconds running jobs get to finish after SIGTERM/SIGINT before they are released back to the queue.
+        #[arg(long, env = "WORKER_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+        shutdown_grace_secs: u64,
+    },
+    /// Upload a task (folder or zip) and queue a job for it, as the web application does.
+    Submit {
+        /// Task folder or zip archive.
+        path: PathBuf,
+        /// Number of attempts.
+        #[arg(long, default_value_t = 1)]
+        runs: i32,
+        /// Owner: an existing user's email or id.
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Submit a local task folder and process it here until it ends, with progress and a results table.
+    Run {
+        /// Task folder or zip archive.
+        path: PathBuf,
+        /// Number of attempts.
+        #[arg(long, default_value_t = 1)]
+        runs: i32,
+    },
+    /// Show recent jobs, or one job with its attempts.
+    Status {
+        /// Job id.
+        job: Option<Uuid>,
+    },
+    /// Cancel a job the way the platform does (a running worker stops its attempts within about a second).
+    Cancel {
+        /// Job id.
+        job: Uuid,
+    },
+    /// Apply database migrations.
+    Migrate,
+}
+
+fn init_logging(config: &Config, quiet_default: bool) {
+    let level = if quiet_default && std::env::var_os("LOG_LEVEL").is_none() {
+        "warn"
+    } else {
+        &config.log_level
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            for line in &e.0 {
+                eprintln!("configuration error: {line}");
+            }
+            std::process::exit(2);
+        }
+    };
+    init_logging(&config, matches!(cli.command, Command::Run { .. }));
+    let code = match dispatch(cli.command, config).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+async fn dispatch(command: Command, config: Config) -> eyre::Result<i32> {
+    match command {
+        Command::Worker {
+            shutdown_grace_secs,
+        } => {
+            if let Err(e) = config.require_daemon() {
+                for line in &e.0 {
+                    eprintln!("configuration error: {line}");
+                }
+                return Ok(2);
+            }
+            let worker = setup::worker(&config, Mode::Daemon).await?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(signals(shutdown.clone()));
+            poller::run(worker, shutdown, Duration::from_secs(shutdown_grace_secs)).await?;
+            tracing::info!("worker stopped");
+            Ok(0)
+        }
+        Command::Submit { path, runs, user } => {
+            let worker = setup::worker(&config, Mode::Embedded).await?;
+            let owner = match user {
+                Some(u) => Some(submit::resolve_user(&worker, &u).await?),
+                None => None,
+            };
+            let job = submit::submit(&worker, &path, runs, owner).await?;
+            println!(
+                "queued job {} ({} runs of {}) from {}",
+                job.id,
+                job.runs_requested,
+                job.task_name,
+                job.zip_object_url.unwrap_or_default()
+            );
+            Ok(0)
+        }
+        Command::Run { path, runs } => run(config, path, runs).await,
+        Command::Status { job } => {
+            let worker = setup::worker(&config, Mode::Embedded).await?;
+            match job {
+                Some(id) => print_job(&worker, id).await?,
+                None => print_jobs(&worker).await?,
+            }
+            Ok(0)
+        }
+        Command::Cancel { job } => {
+            let worker = setup::worker(&config, Mode::Embedded).await?;
+            let Some(row) = db::find_job(&worker.db, job).await? else {
+                bail!("no job {job}")
+            };
+            if db::cancel_job(&worker.db, job).await? {
+                println!("job {job} cancelled (was {})", row.status.as_str());
+            } else {
+                println!(
+                    "job {job} is already {}; nothing to cancel",
+                    row.status.as_str()
+                );
+            }
+            Ok(0)
+        }
+        Command::Migrate => {
+            setup::worker(&config, Mode::Embedded).await?;
+            println!("migrations applied");
+            Ok(0)
+        }
+    }
+}
+
+async fn signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot listen for signals");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+    }
+    shutdown.cancel();
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    tracing::warn!("second signal: exiting at once");
+    std::process::exit(130);
+}
+
+async fn run(config: Config, path: PathBuf, runs: i32) -> eyre::Result<i32> {
+    if !(1..=config.max_runs_per_job).contains(&runs) {
+        bail!(
+            "--runs must be between 1 and {} (MAX_RUNS_PER_JOB)",
+            config.max_runs_per_job
+        );
+    }
+    let worker = setup::worker(&config, Mode::Embedded).await?;
+    for (what, detail) in setup::describe(&config, &worker) {
+        println!("{what:>10}: {detail}");
+    }
+    let job = submit::submit(&worker, &path, runs, None).await?;
+    println!(
+        "{:>10}: {} ({} runs of {})",
+        "job", job.id, runs, job.task_name
+    );
+    if !db::claim_job(&worker.db, job.id).await? {
+        bail!("the job was claimed by another worker sharing this database");
+    }
+    let job_id = job.id;
+    let w = worker.clone();
+    let mut handle = tokio::spawn(async move { w.run_claimed(job).await });
+
+    let bar = if std::io::stderr().is_terminal() {
+        ProgressBar::new(runs as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} attempts  {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let mut last_done = 0;
+    let mut cancelled = false;
+    let summary = loop {
+        tokio::select! {
+            result = &mut handle => break result.wrap_err("the job crashed")??,
+            _ = tokio::signal::ctrl_c(), if !cancelled => {
+                cancelled = true;
+                bar.println("interrupted: cancelling the job and removing its containers…");
+                db::cancel_job(&worker.db, job_id).await?;
+            }
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                let attempts = db::attempts_of(&worker.db, job_id).await.unwrap_or_default();
+                let done = attempts.iter().filter(|a| matches!(a.status, AttemptStatus::Success | AttemptStatus::Failed)).count();
+                let running = attempts.iter().filter(|a| a.status == AttemptStatus::Running).count();
+                bar.set_position(done as u64);
+                bar.set_message(if attempts.is_empty() { "preparing the environment".to_string() } else { format!("{running} running") });
+                if done > last_done && !std::io::stderr().is_terminal() {
+                    eprintln!("progress: {done}/{runs} attempts finished");
+                }
+                last_done = done;
+            }
+        }
+    };
+    bar.finish_and_clear();
+    let _ = summary;
+    print_job(&worker, job_id).await?;
+    let job = db::find_job(&worker.db, job_id)
+        .await?
+        .ok_or_else(|| eyre!("the job vanished"))?;
+    Ok(if job.status == JobStatus::Completed {
+        0
+    } else {
+        1
+    })
+}
+
+async fn print_jobs(worker: &Worker) -> eyre::Result<()> {
+    use sea_orm::{EntityTrait, QueryOrder, QuerySelect};
+    let jobs = entity::job::Entity::find()
+        .order_by_desc(entity::job::Column::CreatedAt)
+        .limit(20)
+        .all(&worker.db)
+        .await?;
+    if jobs.is_empty() {
+        println!("no jobs");
+        return Ok(());
+    }
+    println!(
+        "{:<36}  {:<10}  {:>9}  {:<20}  task",
+        "job", "status", "runs", "created"
+    );
+    for j in jobs {
+        println!(
+            "{:<36}  {:<10}  {:>9}  {:<20}  {}",
+            j.id,
+            j.status.as_str(),
+            format!("{}/{}", j.runs_completed, j.runs_requested),
+            j.created_at.format("%Y-%m-%d %H:%M:%S"),
+            j.task_name
+        );
+    }
+    Ok(())
+}
+
+async fn print_job(worker: &Worker, id: Uuid) -> eyre::Result<()> {
+    let Some(job) = db::find_job(&worker.db, id).await? else {
+        bail!("no job {id}")
+    };
+    let attempts = db::attempts_of(&worker.db, id).await?;
+    println!();
+    println!(
+        "job {} — {} — {}",
+        job.id,
+        job.task_name,
+        job.status.as_str()
+    );
+    if let Some(message) = &job.error_message {
+        println!("  {message}");
+    }
+    if !attempts.is_empty() {
+        println!();
+        println!(
+            "{:>7}  {:<8}  {:>6}  {:<18}  {:>9}  note",
+            "attempt", "status", "tests", "reward", "duration"
+        );
+        for a in &attempts {
+            let reward = a
+                .reward_summary
+                .as_ref()
+                .map(|r| compact_reward(r))
+                .unwrap_or_else(|| "-".into());
+            let duration = match (a.started_at, a.finished_at) {
+                (Some(s), Some(f)) => {
+                    format!("{:.1} s", (f - s).num_milliseconds() as f64 / 1000.0)
+                }
+                _ => "-".into(),
+            };
+            let note = a
+                .metadata
+                .as_ref()
+                .and_then(|m| m.get("error"))
+                .and_then(|e| e.as_str())
+                .map(|s| s.chars().take(70).collect::<String>())
+                .unwrap_or_default();
+            println!(
+                "{:>7}  {:<8}  {:>6}  {:<18}  {:>9}  {}",
+                a.index,
+                a.status.as_str(),
+                format!("{}/{}", a.tests_passed, a.tests_total),
+                reward,
+                duration,
+                note
+            );
+        }
+        let passed = attempts
+            .iter()
+            .filter(|a| a.status == AttemptStatus::Success)
+            .count();
+        println!();
+        println!(
+            "{passed} of {} attempts succeeded; runs completed: {}",
+            attempts.len(),
+            job.runs_completed
+        );
+        if let Some(path) = attempts.iter().find_map(|a| a.log_path.as_deref()) {
+            let root = path
+                .trim_end_matches('/')
+                .rsplit_once('/')
+                .map(|(r, _)| r)
+                .unwrap_or(path);
+            println!("artifacts: {root}/");
+        }
+    }
+    Ok(())
+}
+
+fn compact_reward(value: &serde_json::Value) -> String {
+    match value.as_object() {
+        Some(map) if map.len() == 1 && map.contains_key("reward") => map["reward"].to_string(),
+        Some(map) => map
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(","),
+        None => value.to_string(),
+    }
+}

@@ -1,0 +1,141 @@
+//! Where an attempt's commands run: a Docker container ([`docker`]) or, for the embedded default on a machine with
+//! no Docker daemon, a local sandbox ([`local`]).
+//!
+//! Both speak the same two traits. A [`Runtime`] prepares a task's environment once per job (for Docker: builds or
+//! finds the image) and starts one [`Sandbox`] per attempt. A sandbox knows the fixed paths of the Harbor task
+//! format (`/logs/agent`, `/logs/verifier`, `/tests`, `/solution`, and the task's working folder) and offers just
+//! what the attempt phases need: copy a folder in, run a shell script with a deadline, read a file, copy a folder out,
+//! stop every process, remove itself.
+
+pub mod docker;
+pub mod local;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+/// How much of a command's stdout and stderr is kept in memory (the rest goes to files inside the sandbox).
+pub const OUTPUT_PREVIEW_BYTES: usize = 16 * 1024;
+
+/// Errors from a runtime. The message is meant for the job's `error_message`, so it says what happened in words.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The task's environment image could not be built.
+    #[error("the task's environment failed to build: {0}")]
+    Build(String),
+    /// Building the environment took longer than `[environment] build_timeout_sec`.
+    #[error("building the task's environment took longer than {0:?}")]
+    BuildTimeout(Duration),
+    /// The sandbox (container) could not be created or started.
+    #[error("could not start the task's container: {0}")]
+    Start(String),
+    /// Talking to the runtime failed (Docker API error, I/O error, ...).
+    #[error("{0}")]
+    Backend(String),
+}
+
+/// Resource limits and identity of one sandbox.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    /// The job the attempt belongs to (used in labels so leftovers can be found).
+    pub job_id: Uuid,
+    /// The attempt's row id.
+    pub attempt_id: Uuid,
+    /// The attempt's index within the job.
+    pub attempt_index: i32,
+    /// CPU limit in cores.
+    pub cpus: f64,
+    /// Memory limit in MiB.
+    pub memory_mb: u64,
+    /// Working folder for commands; `None` means the image's WORKDIR (or `/app` when it has none).
+    pub workdir: Option<String>,
+    /// Environment variables set for every command (from `[environment] env` of `task.toml`).
+    pub env: BTreeMap<String, String>,
+    /// Host scratch folder that belongs to this attempt alone (the local sandbox keeps its files here).
+    pub scratch_dir: PathBuf,
+}
+
+/// What a runtime prepared for a job: every attempt of the job starts from it.
+#[derive(Debug, Clone)]
+pub struct PreparedImage {
+    /// Image reference (Docker) or a description (local sandbox).
+    pub reference: String,
+    /// The image's own working folder, if it declares one.
+    pub workdir: Option<String>,
+    /// True when the image was built for this job, false when it was reused.
+    pub built: bool,
+}
+
+/// The result of one command.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOutput {
+    /// Exit code, when the command ended by itself.
+    pub exit_code: Option<i64>,
+    /// The first [`OUTPUT_PREVIEW_BYTES`] of stdout.
+    pub stdout: String,
+    /// The first [`OUTPUT_PREVIEW_BYTES`] of stderr.
+    pub stderr: String,
+    /// True when the deadline passed and the command was stopped.
+    pub timed_out: bool,
+    /// Wall-clock time the command ran.
+    pub duration: Duration,
+}
+
+/// Prepares environments and starts sandboxes.
+#[async_trait]
+pub trait Runtime: Send + Sync {
+    /// One line saying what this runtime is, for the output of `run` and the logs (e.g. "Docker 20.10.24").
+    fn describe(&self) -> String;
+
+    /// Prepare the task's environment once for a job. `task_root` is the extracted task folder.
+    async fn prepare(
+        &self,
+        job_id: Uuid,
+        task_root: &Path,
+        task: &crate::task::TaskSpec,
+    ) -> Result<PreparedImage, RuntimeError>;
+
+    /// Start one sandbox for an attempt from a prepared environment.
+    async fn start(
+        &self,
+        image: &PreparedImage,
+        spec: &SandboxSpec,
+    ) -> Result<Box<dyn Sandbox>, RuntimeError>;
+
+    /// Remove sandboxes this worker left behind (all of them, or one job's). Returns how many were removed.
+    async fn remove_leftovers(&self, job_id: Option<Uuid>) -> Result<usize, RuntimeError>;
+}
+
+/// One running attempt environment.
+#[async_trait]
+pub trait Sandbox: Send + Sync {
+    /// Identifier (container id, or scratch folder).
+    fn id(&self) -> &str;
+
+    /// Copy the host folder `host_dir` to the absolute path `target` inside the sandbox (created if absent).
+    async fn copy_dir_in(&self, host_dir: &Path, target: &str) -> Result<(), RuntimeError>;
+
+    /// Run `script` with `bash -c` (falling back to `sh -c`) in the working folder, with the task's environment.
+    /// When `timeout` passes, every process the command started is stopped and `timed_out` is set.
+    async fn exec(
+        &self,
+        script: &str,
+        timeout: Option<Duration>,
+    ) -> Result<ExecOutput, RuntimeError>;
+
+    /// Read a file inside the sandbox; `Ok(None)` when it does not exist. At most `max_bytes` are returned.
+    async fn read_file(&self, path: &str, max_bytes: u64) -> Result<Option<Vec<u8>>, RuntimeError>;
+
+    /// Copy the folder `path` inside the sandbox into `host_dir` (its contents, not the folder itself).
+    /// Symbolic links are not followed; a missing folder copies nothing.
+    async fn copy_dir_out(&self, path: &str, host_dir: &Path) -> Result<(), RuntimeError>;
+
+    /// Stop every process in the sandbox except its keep-alive, so a timed-out agent leaves nothing running.
+    async fn kill_processes(&self) -> Result<(), RuntimeError>;
+
+    /// Remove the sandbox and everything in it. Safe to call more than once.
+    async fn remove(&self) -> Result<(), RuntimeError>;
+}

@@ -1,0 +1,106 @@
+//! Assemble a [`Worker`] from the configuration: the real services for the daemon, or the embedded default
+//! (SQLite, a local artifact folder, Docker or a local sandbox) for `run` on a machine with nothing configured.
+
+use std::sync::Arc;
+
+use eyre::{WrapErr, eyre};
+
+use crate::config::Config;
+use crate::job::Worker;
+use crate::runtime::Runtime;
+use crate::runtime::docker::DockerRuntime;
+use crate::runtime::local::LocalRuntime;
+use crate::store::{ArtifactStore, LocalStore, S3Store};
+
+/// What the worker is assembled for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The daemon: PostgreSQL, S3 and Docker are required.
+    Daemon,
+    /// CLI commands: configured services when present, the embedded default otherwise.
+    Embedded,
+}
+
+/// Where each part of an assembled worker comes from, for the `run` output.
+pub fn describe(config: &Config, worker: &Worker) -> Vec<(String, String)> {
+    let database = match &config.database_url {
+        Some(url) if url.starts_with("sqlite:") => "SQLite (DATABASE_URL)".to_string(),
+        Some(_) => "PostgreSQL (DATABASE_URL)".to_string(),
+        None => format!(
+            "SQLite at {} (embedded default: DATABASE_URL is not set)",
+            sqlite_path(config).display()
+        ),
+    };
+    let store = match &worker.store {
+        ArtifactStore::S3(_) => format!("S3 bucket {}", worker.store.bucket()),
+        ArtifactStore::Local(_) => {
+            format!(
+                "local folder {} (embedded default: S3 is not configured)",
+                config.work_dir.join("artifacts").display()
+            )
+        }
+    };
+    vec![
+        ("database".into(), database),
+        ("artifacts".into(), store),
+        ("runtime".into(), worker.runtime.describe()),
+    ]
+}
+
+fn sqlite_path(config: &Config) -> std::path::PathBuf {
+    config.work_dir.join("tbw.sqlite")
+}
+
+/// Build the worker and apply migrations.
+pub async fn worker(config: &Config, mode: Mode) -> eyre::Result<Worker> {
+    if mode == Mode::Daemon {
+        config.require_daemon()?;
+    }
+    std::fs::create_dir_all(&config.work_dir).wrap_err_with(|| {
+        format!(
+            "cannot create WORKER_WORK_DIR {}",
+            config.work_dir.display()
+        )
+    })?;
+    let url = match &config.database_url {
+        Some(url) => url.clone(),
+        None => format!("sqlite://{}?mode=rwc", sqlite_path(config).display()),
+    };
+    // The URL may hold a password: errors name the kind of database only.
+    let db = crate::db::connect(&url)
+        .await
+        .map_err(|e| eyre!("cannot connect to the database: {}", redact_db_error(&e)))?;
+    crate::db::migrate(&db)
+        .await
+        .wrap_err("database migrations failed")?;
+    let store = match &config.s3 {
+        Some(s3) => ArtifactStore::S3(S3Store::new(s3)),
+        None => ArtifactStore::Local(LocalStore::new(config.work_dir.join("artifacts"))),
+    };
+    let runtime: Arc<dyn Runtime> = match DockerRuntime::connect().await {
+        Ok(docker) => Arc::new(docker),
+        Err(e) if mode == Mode::Daemon => {
+            return Err(eyre!(
+                "the worker needs Docker to run tasks, and {e} (start dockerd or set DOCKER_HOST)"
+            ));
+        }
+        Err(_) => Arc::new(LocalRuntime::detect()),
+    };
+    Ok(Worker {
+        db,
+        store,
+        runtime,
+        config: Arc::new(config.clone()),
+    })
+}
+
+fn redact_db_error(e: &sea_orm::DbErr) -> String {
+    // sqlx errors do not echo the URL, but strip anything that looks like credentials to be sure.
+    let text = e.to_string();
+    match (text.find("://"), text.find('@')) {
+        (Some(start), Some(at)) if at > start => {
+            format!("{}://[redacted]{}", &text[..start], &text[at..])
+        }
+        _ => text,
+    }
+}
