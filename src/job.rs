@@ -27,7 +27,7 @@ pub const CANCEL_CHECK_INTERVAL: Duration = Duration::from_millis(1000);
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
     /// `runs_requested` out of range.
-    #[error("runs_requested must be between 1 and {max}, but this job asks for {requested}")]
+    #[error("the job asks for {requested} runs, but runs_requested must be between 1 and {max}")]
     InvalidRuns {
         /// What the job asked for.
         requested: i32,
@@ -41,7 +41,7 @@ pub enum JobError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The archive is unsafe or broken.
-    #[error("the task archive was rejected: {0}")]
+    #[error(transparent)]
     Archive(#[from] ArchiveError),
     /// The task folder is incomplete or `task.toml` is wrong.
     #[error("the task is invalid: {0}")]

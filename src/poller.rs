@@ -92,16 +92,30 @@ pub async fn poll_once(
     Ok(started)
 }
 
-/// Remove containers of jobs that are not running any more (left by a crash).
+/// Remove environments of jobs that this database knows and that are no longer running (left by a crash). Jobs it
+/// does not know may belong to another deployment sharing the Docker host, so their containers are left alone.
 async fn sweep_leftovers(worker: &Worker) {
-    let Ok(running) = db::running_per_owner(&worker.db).await else {
-        return;
+    let jobs = match worker.runtime.jobs_with_sandboxes().await {
+        Ok(jobs) => jobs,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not list leftover environments");
+            return;
+        }
     };
-    if running.is_empty() {
-        match worker.runtime.remove_leftovers(None).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(removed = n, "removed environments left by an earlier run"),
-            Err(e) => tracing::warn!(error = %e, "could not sweep leftover environments"),
+    for job_id in jobs {
+        match db::find_job(&worker.db, job_id).await {
+            Ok(Some(job)) if job.status != JobStatus::Running => {
+                match worker.runtime.remove_leftovers(Some(job_id)).await {
+                    Ok(n) => {
+                        tracing::info!(job = %job_id, removed = n, "removed environments left by an earlier run")
+                    }
+                    Err(e) => {
+                        tracing::warn!(job = %job_id, error = %e, "could not remove leftover environments")
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not check a leftover environment's job"),
         }
     }
 }

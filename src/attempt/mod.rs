@@ -81,13 +81,19 @@ pub async fn run_attempt(ctx: &AttemptContext, attempt: AttemptId) -> AttemptOut
         scratch_dir: scratch.join("sandbox"),
     };
     let deadline = Instant::now() + ctx.attempt_timeout;
-    let mut sandbox: Option<Box<dyn Sandbox>> = None;
+    let mut slot = Slot::Empty;
 
     let interrupted = tokio::select! {
         biased;
         _ = ctx.cancel.cancelled() => Some(Interrupted::Cancelled),
         _ = tokio::time::sleep_until(deadline) => Some(Interrupted::Timeout),
-        _ = phases(ctx, &spec, &mut out, &mut sandbox) => None,
+        _ = phases(ctx, &spec, &mut out, &mut slot) => None,
+    };
+    // A start that was interrupted still finishes creating its container; wait for it so it can be removed.
+    let sandbox: Option<Box<dyn Sandbox>> = match slot {
+        Slot::Empty => None,
+        Slot::Ready(sb) => Some(sb),
+        Slot::Starting(handle) => handle.await.ok().and_then(Result::ok),
     };
     match interrupted {
         Some(Interrupted::Cancelled) => out.fail(
@@ -120,7 +126,7 @@ pub async fn run_attempt(ctx: &AttemptContext, attempt: AttemptId) -> AttemptOut
             tracing::warn!(error = %e, "could not copy the attempt's logs out of its environment");
         }
     }
-    if let Some(sb) = sandbox.take() {
+    if let Some(sb) = sandbox {
         let started = Instant::now();
         if let Err(e) = sb.remove().await {
             tracing::warn!(sandbox = sb.id(), error = %e, "could not remove the attempt's environment; it will be swept later");
@@ -145,22 +151,47 @@ pub async fn run_attempt(ctx: &AttemptContext, attempt: AttemptId) -> AttemptOut
     out
 }
 
+/// The attempt's sandbox as the phases see it. Starting runs in a task of its own so that an interruption cannot
+/// drop it halfway, between creating a container and handing it over.
+enum Slot {
+    Empty,
+    Starting(tokio::task::JoinHandle<Result<Box<dyn Sandbox>, crate::runtime::RuntimeError>>),
+    Ready(Box<dyn Sandbox>),
+}
+
 async fn phases(
     ctx: &AttemptContext,
     spec: &SandboxSpec,
     out: &mut AttemptOutcome,
-    slot: &mut Option<Box<dyn Sandbox>>,
+    slot: &mut Slot,
 ) {
     out.started_at = Some(Utc::now());
     let started = Instant::now();
-    let sandbox = match ctx.runtime.start(&ctx.image, spec).await {
-        Ok(sb) => &**slot.insert(sb),
+    let (runtime, image, owned_spec) = (ctx.runtime.clone(), ctx.image.clone(), spec.clone());
+    *slot = Slot::Starting(tokio::spawn(async move {
+        runtime.start(&image, &owned_spec).await
+    }));
+    let result = match slot {
+        // Awaiting through `&mut` leaves the handle in the slot if this future is dropped meanwhile.
+        Slot::Starting(handle) => match handle.await {
+            Ok(result) => result,
+            Err(e) => Err(crate::runtime::RuntimeError::Start(format!(
+                "starting crashed: {e}"
+            ))),
+        },
+        _ => return,
+    };
+    *slot = match result {
+        Ok(sb) => Slot::Ready(sb),
         Err(e) => {
+            *slot = Slot::Empty;
             out.timing.environment_setup = Some(started.elapsed());
             out.fail(ErrorType::ExecutionError, e.to_string());
             return;
         }
     };
+    let Slot::Ready(sandbox) = slot else { return };
+    let sandbox = &**sandbox;
     out.timing.environment_setup = Some(started.elapsed());
     out.container_id = Some(sandbox.id().to_string());
 

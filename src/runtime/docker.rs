@@ -134,7 +134,15 @@ impl DockerRuntime {
                 .build_image(options, None, Some(bollard::body_full(context.into())));
         let mut tail: Vec<String> = Vec::new();
         let mut push = |line: &str| {
-            for l in line.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
+            // Docker's bookkeeping lines (layer ids, intermediate containers) say nothing to a task author.
+            let noise = |l: &str| {
+                l.starts_with(" --->") || l.starts_with("Removing intermediate container")
+            };
+            for l in line
+                .lines()
+                .map(str::trim_end)
+                .filter(|l| !l.is_empty() && !noise(l))
+            {
                 if tail.len() == 12 {
                     tail.remove(0);
                 }
@@ -385,6 +393,27 @@ impl Runtime for DockerRuntime {
                 Err(e)
             }
         }
+    }
+
+    async fn jobs_with_sandboxes(&self) -> Result<Vec<Uuid>, RuntimeError> {
+        let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_MANAGED}=true")])]);
+        let list = self
+            .docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::new()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(backend)?;
+        let mut jobs: Vec<Uuid> = list
+            .iter()
+            .filter_map(|c| c.labels.as_ref()?.get(LABEL_JOB)?.parse().ok())
+            .collect();
+        jobs.sort();
+        jobs.dedup();
+        Ok(jobs)
     }
 
     async fn remove_leftovers(&self, job_id: Option<Uuid>) -> Result<usize, RuntimeError> {

@@ -1205,6 +1205,10 @@ mod tests {
             // (give it time to get from `setsid` to `sleep`).
             let expected_after_exec = if mode == LocalMode::Bubblewrap { 0 } else { 1 };
             let after_exec = settle(&pattern, expected_after_exec, Duration::from_secs(2)).await;
+            if after_exec != expected_after_exec {
+                let ps = std::process::Command::new("bash").arg("-c").arg(format!("ps -eo pid,ppid,pgid,sid,stat,lstart,cmd | grep -E '{seconds}|bwrap|PID' | grep -v grep; cat /proc/$(pgrep -f '{pattern}')/status | grep -E 'NSpid|PPid|State'")).output().unwrap();
+                println!("DIAG\n{}", String::from_utf8_lossy(&ps.stdout));
+            }
             sandbox.kill_processes().await.unwrap();
             let left = settle(&pattern, 0, Duration::from_secs(2)).await;
             println!(

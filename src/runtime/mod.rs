@@ -107,6 +107,12 @@ pub trait Runtime: Send + Sync {
 
     /// Remove sandboxes this worker left behind (all of them, or one job's). Returns how many were removed.
     async fn remove_leftovers(&self, job_id: Option<Uuid>) -> Result<usize, RuntimeError>;
+
+    /// Jobs that still have sandboxes, so a sweep can remove those of jobs no longer running. Runtimes whose
+    /// sandboxes cannot outlive the worker process have none.
+    async fn jobs_with_sandboxes(&self) -> Result<Vec<Uuid>, RuntimeError> {
+        Ok(Vec::new())
+    }
 }
 
 /// One running attempt environment.

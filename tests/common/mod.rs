@@ -1,0 +1,273 @@
+//! Test harness: a fresh PostgreSQL database and S3 bucket per test, a worker wired to them and to the real Docker
+//! daemon, and helpers to write task folders and wait for jobs.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use entity::job::{self, JobStatus};
+use sea_orm::{ConnectionTrait, DatabaseConnection};
+use terminal_bench_worker::config::Config;
+use terminal_bench_worker::job::Worker;
+use terminal_bench_worker::runtime::docker::DockerRuntime;
+use terminal_bench_worker::store::{ArtifactStore, S3Store};
+use terminal_bench_worker::{db, poller};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+pub fn admin_url() -> String {
+    env_or(
+        "TBW_TEST_DATABASE_URL",
+        "postgres://postgres@127.0.0.1:5432/postgres",
+    )
+}
+
+/// A database of its own for one test (dropped by [`TestDb::drop_now`] or left for inspection on failure).
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+pub async fn fresh_database() -> TestDb {
+    let admin = db::connect(&admin_url())
+        .await
+        .expect("PostgreSQL must be running (scripts/services.sh starts it)");
+    let name = format!("tbw_test_{}", Uuid::new_v4().simple());
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create test database");
+    let base = admin_url();
+    let url = match base.rsplit_once('/') {
+        Some((prefix, _)) => format!("{prefix}/{name}"),
+        None => panic!("TBW_TEST_DATABASE_URL needs a database path"),
+    };
+    TestDb { name, url }
+}
+
+pub fn s3_vars(bucket: &str) -> Vec<(String, String)> {
+    vec![
+        ("S3_BUCKET".into(), bucket.into()),
+        (
+            "S3_REGION".into(),
+            env_or("TBW_TEST_S3_REGION", "us-east-1"),
+        ),
+        (
+            "S3_ACCESS_KEY_ID".into(),
+            env_or("TBW_TEST_S3_ACCESS_KEY_ID", "tbw-test-access"),
+        ),
+        (
+            "S3_SECRET_ACCESS_KEY".into(),
+            env_or("TBW_TEST_S3_SECRET_ACCESS_KEY", "tbw-test-secret"),
+        ),
+        (
+            "S3_ENDPOINT".into(),
+            env_or("TBW_TEST_S3_ENDPOINT", "http://127.0.0.1:8014"),
+        ),
+    ]
+}
+
+/// Everything one test needs.
+pub struct Harness {
+    pub worker: Worker,
+    pub db: DatabaseConnection,
+    pub s3: S3Store,
+    pub bucket: String,
+    pub test_db: TestDb,
+    pub work: tempfile::TempDir,
+}
+
+/// Build a harness; `extra` overrides configuration variables.
+pub async fn harness(extra: &[(&str, &str)]) -> Harness {
+    let test_db = fresh_database().await;
+    let bucket = format!("tbw-test-{}", &Uuid::new_v4().simple().to_string()[..12]);
+    let work = tempfile::tempdir().expect("tempdir");
+    let mut vars: HashMap<String, String> = s3_vars(&bucket).into_iter().collect();
+    vars.insert("DATABASE_URL".into(), test_db.url.clone());
+    vars.insert("WORKER_POLL_INTERVAL_MS".into(), "200".into());
+    vars.insert("WORKER_WORK_DIR".into(), work.path().display().to_string());
+    vars.insert("DEFAULT_MEMORY_MB".into(), "512".into());
+    for (k, v) in extra {
+        vars.insert(k.to_string(), v.to_string());
+    }
+    let config = Config::from_lookup(&|n| vars.get(n).cloned()).expect("test configuration");
+    let s3 = S3Store::new(config.s3.as_ref().expect("s3 config"));
+    s3.client()
+        .create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("create bucket (is s3s-fs running?)");
+    let db = db::connect(&test_db.url)
+        .await
+        .expect("connect test database");
+    db::migrate(&db).await.expect("migrate");
+    let runtime = DockerRuntime::connect()
+        .await
+        .expect("Docker must be running (scripts/services.sh starts it)");
+    let worker = Worker {
+        db: db.clone(),
+        store: ArtifactStore::S3(s3.clone()),
+        runtime: Arc::new(runtime),
+        config: Arc::new(config),
+    };
+    Harness {
+        worker,
+        db,
+        s3,
+        bucket,
+        test_db,
+        work,
+    }
+}
+
+impl Harness {
+    /// Start the daemon loop in the background; stop it with the returned token.
+    pub fn start_worker(&self) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+        let token = CancellationToken::new();
+        let (w, t) = (self.worker.clone(), token.clone());
+        let handle = tokio::spawn(async move {
+            poller::run(w, t, Duration::from_secs(5))
+                .await
+                .expect("worker loop");
+        });
+        (token, handle)
+    }
+
+    /// Wait until the job reaches a final status.
+    pub async fn wait_final(&self, id: Uuid, limit: Duration) -> job::Model {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let job = db::find_job(&self.db, id)
+                .await
+                .expect("query")
+                .expect("job exists");
+            if job.status.is_final() {
+                return job;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job {id} still {:?} after {limit:?}",
+                job.status
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Keys stored under a prefix.
+    pub async fn keys(&self, prefix: &str) -> Vec<String> {
+        let out = self
+            .s3
+            .client()
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .send()
+            .await
+            .expect("list");
+        let mut keys: Vec<String> = out
+            .contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_string))
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// An object's text.
+    pub async fn object_text(&self, key: &str) -> String {
+        let out = self
+            .s3
+            .client()
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .expect("get object");
+        String::from_utf8(
+            out.body
+                .collect()
+                .await
+                .expect("body")
+                .into_bytes()
+                .to_vec(),
+        )
+        .expect("utf-8")
+    }
+
+    /// Upload raw bytes as a task archive and queue a job for them, as the platform would.
+    pub async fn queue_raw(&self, name: &str, bytes: Vec<u8>, runs: i32) -> job::Model {
+        let key = format!(
+            "tasks/{}-0-{name}.zip",
+            chrono::Utc::now().timestamp_millis()
+        );
+        let url = self
+            .worker
+            .store
+            .put(&key, bytes.into(), "application/zip")
+            .await
+            .expect("upload");
+        db::insert_job(&self.db, name, runs, &url, None)
+            .await
+            .expect("insert job")
+    }
+
+    /// Containers of this worker still present for a job.
+    pub async fn containers_of(&self, job: Uuid) -> Vec<String> {
+        DockerRuntime::connect()
+            .await
+            .expect("docker")
+            .list_managed(Some(job))
+            .await
+            .expect("list containers")
+    }
+
+    /// Final status helper.
+    pub async fn job(&self, id: Uuid) -> job::Model {
+        db::find_job(&self.db, id)
+            .await
+            .expect("query")
+            .expect("job exists")
+    }
+}
+
+/// The repository's example task folder.
+pub fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/tasks")
+        .join(name)
+}
+
+/// Write a task folder from `(relative path, content)` pairs into a new temp folder named `name`.
+pub fn write_task(parent: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
+    let root = parent.join(name);
+    for (path, content) in files {
+        let p = root.join(path);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&p, content).expect("write");
+        if path.ends_with(".sh") {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+    }
+    root
+}
+
+pub const DOCKERFILE: &str = "FROM debian:bookworm-slim\nWORKDIR /app\n";
+
+/// test.sh that passes when `/app/done` exists.
+pub const TEST_DONE: &str = r#"#!/bin/bash
+if [ -f /app/done ]; then echo 1 > /logs/verifier/reward.txt; else echo 0 > /logs/verifier/reward.txt; fi
+echo "checked /app/done"
+"#;
+
+pub fn job_status(j: &job::Model) -> JobStatus {
+    j.status
+}

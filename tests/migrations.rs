@@ -1,0 +1,161 @@
+//! Migrations run cleanly on an empty database and on one where the platform already created its tables.
+
+mod common;
+
+use common::*;
+use sea_orm::{ConnectionTrait, Statement};
+use terminal_bench_worker::db;
+
+/// The platform's own DDL, as its web application creates it (with columns the worker never reads).
+const PLATFORM_DDL: &str = r#"
+CREATE TABLE users (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), email varchar(255) UNIQUE NOT NULL,
+  name varchar(255), password text NOT NULL, image text, created_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE jobs (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), task_name varchar(256) NOT NULL,
+  status varchar(32) NOT NULL, runs_requested int NOT NULL, runs_completed int NOT NULL DEFAULT 0,
+  zip_object_url text, owner_id uuid REFERENCES users(id) ON DELETE SET NULL, error_message text,
+  metadata jsonb DEFAULT '{}', created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE attempts (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), job_id uuid NOT NULL REFERENCES jobs ON DELETE CASCADE,
+  index int NOT NULL, status varchar(32) NOT NULL, tests_passed int NOT NULL DEFAULT 0, tests_total int NOT NULL DEFAULT 0,
+  started_at timestamptz, finished_at timestamptz, reward_summary jsonb, log_path text, metadata jsonb DEFAULT '{}');
+CREATE TABLE episodes (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), attempt_id uuid NOT NULL REFERENCES attempts ON DELETE CASCADE,
+  index int NOT NULL, state_analysis text NOT NULL, explanation text NOT NULL, commands jsonb, duration_ms int,
+  metadata jsonb DEFAULT '{}');
+INSERT INTO users (id, email, password) VALUES ('11111111-1111-1111-1111-111111111111', 'ada@example.com', 'x');
+INSERT INTO jobs (task_name, status, runs_requested, zip_object_url, owner_id)
+  VALUES ('existing', 'completed', 2, 's3://b/tasks/1-0-existing.zip', '11111111-1111-1111-1111-111111111111');
+"#;
+
+async fn columns(conn: &impl ConnectionTrait, table: &str) -> Vec<(String, String, String)> {
+    let rows = conn
+        .query_all_raw(Statement::from_string(
+            conn.get_database_backend(),
+            format!(
+                "SELECT column_name, data_type, is_nullable FROM information_schema.columns \
+                 WHERE table_name = '{table}' ORDER BY ordinal_position"
+            ),
+        ))
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|r| {
+            (
+                r.try_get::<String>("", "column_name").unwrap(),
+                r.try_get::<String>("", "data_type").unwrap(),
+                r.try_get::<String>("", "is_nullable").unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn migrations_create_the_platform_tables_on_an_empty_database() {
+    let t = fresh_database().await;
+    let conn = db::connect(&t.url).await.unwrap();
+    db::migrate(&conn).await.unwrap();
+    db::migrate(&conn).await.unwrap(); // idempotent
+    let jobs = columns(&conn, "jobs").await;
+    let names: Vec<&str> = jobs.iter().map(|c| c.0.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "id",
+            "task_name",
+            "status",
+            "runs_requested",
+            "runs_completed",
+            "zip_object_url",
+            "owner_id",
+            "error_message",
+            "metadata",
+            "created_at",
+            "updated_at"
+        ]
+    );
+    assert!(jobs.contains(&("metadata".into(), "jsonb".into(), "YES".into())));
+    assert!(jobs.contains(&(
+        "created_at".into(),
+        "timestamp with time zone".into(),
+        "NO".into()
+    )));
+    let attempts: Vec<String> = columns(&conn, "attempts")
+        .await
+        .into_iter()
+        .map(|c| c.0)
+        .collect();
+    assert_eq!(attempts.len(), 11);
+    let episodes: Vec<String> = columns(&conn, "episodes")
+        .await
+        .into_iter()
+        .map(|c| c.0)
+        .collect();
+    assert_eq!(
+        episodes,
+        [
+            "id",
+            "attempt_id",
+            "index",
+            "state_analysis",
+            "explanation",
+            "commands",
+            "duration_ms",
+            "metadata"
+        ]
+    );
+    // The entities read and write these tables.
+    let job = db::insert_job(&conn, "t", 1, "s3://b/k.zip", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        db::ensure_attempts(&conn, job.id, 2).await.unwrap().len(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn migrations_adopt_tables_the_platform_already_created() {
+    let t = fresh_database().await;
+    let conn = db::connect(&t.url).await.unwrap();
+    for statement in PLATFORM_DDL
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        conn.execute_unprepared(statement).await.unwrap();
+    }
+    let before = columns(&conn, "users").await;
+    db::migrate(&conn).await.unwrap();
+    assert_eq!(
+        columns(&conn, "users").await,
+        before,
+        "platform columns are left as they are"
+    );
+    // Existing rows are intact and readable through the entities.
+    let existing = db::queued_jobs(&conn, 10).await.unwrap();
+    assert!(existing.is_empty());
+    let row = conn
+        .query_one_raw(Statement::from_string(
+            conn.get_database_backend(),
+            "SELECT count(*) AS n FROM jobs WHERE task_name = 'existing'",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.try_get::<i64>("", "n").unwrap(), 1);
+    let job = db::insert_job(
+        &conn,
+        "new",
+        1,
+        "s3://b/k.zip",
+        Some("11111111-1111-1111-1111-111111111111".parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        db::find_job(&conn, job.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .task_name,
+        "new"
+    );
+}
