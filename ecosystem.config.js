@@ -17,7 +17,7 @@ module.exports = {
       min_uptime: 10000,
       restart_delay: 2000,
       env: {
-        RUST_LOG: "info",
+        LOG_LEVEL: "info",
       },
     },
   ],

@@ -18,4 +18,8 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     CARGO_TARGET_DIR=/var/tmp/nextest-target cargo install cargo-nextest --locked
 fi
 
+# Each integration test makes its own database; drop those left by earlier runs.
+psql -h 127.0.0.1 -U postgres -d postgres -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'tbw\_test\_%'" 2>/dev/null |
+    while read -r name; do psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$name\"" >/dev/null 2>&1 || true; done
+
 cargo nextest run --workspace --no-fail-fast "$@"

@@ -320,7 +320,7 @@ async fn print_job(worker: &Worker, id: Uuid) -> eyre::Result<()> {
             let reward = a
                 .reward_summary
                 .as_ref()
-                .map(|r| compact_reward(r))
+                .map(compact_reward)
                 .unwrap_or_else(|| "-".into());
             let duration = match (a.started_at, a.finished_at) {
                 (Some(s), Some(f)) => {

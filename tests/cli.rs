@@ -200,3 +200,40 @@ async fn submit_status_and_cancel_work_through_the_database() {
     let (_, stdout, _) = run(vec!["status".into(), id.to_string()]);
     assert!(stdout.contains("Job cancelled by user"), "{stdout}");
 }
+
+#[test]
+fn run_without_docker_says_so_and_uses_a_local_sandbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .current_dir(dir.path())
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .args([
+            "run",
+            example("hello-world").to_str().unwrap(),
+            "--runs",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let runtime_line = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("runtime:"))
+        .unwrap();
+    assert!(
+        runtime_line.contains("no Docker daemon reachable")
+            || runtime_line.contains("WITHOUT isolation"),
+        "{runtime_line}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("success") && l.contains("2/2")),
+        "{stdout}"
+    );
+}

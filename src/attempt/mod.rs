@@ -209,7 +209,7 @@ pub fn humanize(d: Duration) -> String {
     let secs = d.as_secs();
     match secs {
         0..120 => format!("{secs} s"),
-        120..7200 if secs % 60 == 0 => format!("{} min", secs / 60),
+        120..7200 if secs.is_multiple_of(60) => format!("{} min", secs / 60),
         120..7200 => format!("{} min {} s", secs / 60, secs % 60),
         _ => format!("{} h {} min", secs / 3600, (secs % 3600) / 60),
     }

@@ -11,10 +11,11 @@
 //! | `/tests`                      | `tests/`              |
 //! | `/solution`                   | `solution/`           |
 //! | the working folder (`/app`)   | `work/`               |
-//! | `/tmp`, `$HOME`               | `tmp/`                |
+//! | `$HOME`, `$TMPDIR` (and `/tmp` with bubblewrap) | `tmp/` |
 //!
-//! Only these paths can be copied in, read or copied out; any other absolute path is refused with
-//! [`RuntimeError::Backend`] rather than mapped somewhere, because the attempt phases need no other.
+//! Only `/logs`, `/tests`, `/solution` and the working folder can be copied in, read or copied out; any other
+//! absolute path is refused with [`RuntimeError::Backend`] rather than mapped somewhere, because the attempt phases
+//! need no other. Links are never followed out of the scratch folder by the worker.
 //!
 //! There are two modes ([`LocalMode`]), chosen once by [`LocalRuntime::detect`]:
 //!
@@ -23,8 +24,9 @@
 //!   `/lib*` as this host has them, fresh `/proc` and `/dev`, and the folders of the table above bound read-write.
 //!   Nothing else of the host is visible (no `/root`, `/home`, `/var`, Docker socket, or the worker's files), and the
 //!   environment holds only `HOME=/tmp`, `PATH` and the task's variables. Every namespace but the network is private
-//!   (tasks may download packages). Because each command has its own PID namespace, processes it leaves in the
-//!   background end when it ends, so nothing outlives a command.
+//!   (tasks may download packages). Each command has its own PID namespace, so processes it leaves in the
+//!   background end with it: a later command cannot reach a server an earlier one started (an agent that keeps a
+//!   tmux session between commands needs Docker or the unsandboxed mode).
 //! - **Unsandboxed** (no working bubblewrap): commands are plain child processes of the worker, with the scratch
 //!   `work/` as their folder, `HOME` and `TMPDIR` pointing at the scratch `tmp/`, the worker's `PATH` and the task's
 //!   variables (nothing else of the worker's environment, so its secrets stay out). They run with the worker's
@@ -240,11 +242,11 @@ impl Runtime for LocalRuntime {
                 let bwrap = self.bwrap.clone().ok_or_else(|| {
                     RuntimeError::Start("bubblewrap (bwrap) is not on PATH".to_owned())
                 })?;
-                let shell = if Path::new("/usr/bin/bash").exists() {
-                    "bash"
-                } else {
-                    "sh"
-                };
+                // An absolute path, so a task that sets its own PATH still gets a shell.
+                let shell = ["/usr/bin/bash", "/usr/bin/sh"]
+                    .into_iter()
+                    .find(|shell| Path::new(shell).exists())
+                    .unwrap_or("sh");
                 (Some(bwrap), PathBuf::from(shell), None)
             }
             LocalMode::Unsandboxed => {
@@ -301,7 +303,7 @@ pub struct LocalSandbox {
     mode: LocalMode,
     bwrap: Option<PathBuf>,
     system_args: Vec<OsString>,
-    /// `bash` (or `sh`); an absolute path in unsandboxed mode.
+    /// `bash` (or `sh`), as an absolute path.
     shell: PathBuf,
     /// The scratch folder, canonical.
     root: PathBuf,
@@ -1187,35 +1189,56 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn kill_processes_stops_what_a_command_left_behind() {
+    async fn kill_processes_stops_running_commands_and_what_they_left_behind() {
         for mode in modes() {
             let scratch = tempfile::tempdir().unwrap();
             let sandbox = start(mode, scratch.path()).await;
-            let seconds = unique_seconds();
-            let pattern = format!("^sleep {seconds}");
-            let script =
-                format!("setsid sleep {seconds} > /dev/null 2>&1 < /dev/null & echo started");
+            let (daemon, running) = (unique_seconds(), unique_seconds());
+            let (daemon_pattern, running_pattern) =
+                (format!("^sleep {daemon}"), format!("^sleep {running}"));
 
+            let script =
+                format!("setsid sleep {daemon} > /dev/null 2>&1 < /dev/null & echo started");
             let out = sandbox
                 .exec(&script, Some(Duration::from_secs(10)))
                 .await
                 .unwrap();
             assert_eq!(out.stdout, "started\n");
-            // In bubblewrap mode the command's PID namespace ends with it; unsandboxed, the daemon outlives it
-            // (give it time to get from `setsid` to `sleep`).
-            let expected_after_exec = if mode == LocalMode::Bubblewrap { 0 } else { 1 };
-            let after_exec = settle(&pattern, expected_after_exec, Duration::from_secs(2)).await;
-            if after_exec != expected_after_exec {
-                let ps = std::process::Command::new("bash").arg("-c").arg(format!("ps -eo pid,ppid,pgid,sid,stat,lstart,cmd | grep -E '{seconds}|bwrap|PID' | grep -v grep; cat /proc/$(pgrep -f '{pattern}')/status | grep -E 'NSpid|PPid|State'")).output().unwrap();
-                println!("DIAG\n{}", String::from_utf8_lossy(&ps.stdout));
-            }
-            sandbox.kill_processes().await.unwrap();
-            let left = settle(&pattern, 0, Duration::from_secs(2)).await;
-            println!(
-                "[{mode:?}] background sleeps after the command: {after_exec}; after kill_processes: {left}"
+            // Unsandboxed, the daemon outlives its command (give it time to get from `setsid` to `sleep`); in
+            // bubblewrap mode it normally ends with the command's PID namespace.
+            let daemons = if mode == LocalMode::Unsandboxed {
+                let daemons = settle(&daemon_pattern, 1, Duration::from_secs(2)).await;
+                assert_eq!(daemons, 1, "the daemon outlived its command");
+                daemons
+            } else {
+                settle(&daemon_pattern, 0, Duration::from_secs(2)).await
+            };
+
+            let script = format!("sleep {running}");
+            let started = Instant::now();
+            let (out, seen) = tokio::join!(
+                sandbox.exec(&script, Some(Duration::from_secs(20))),
+                async {
+                    let seen = settle(&running_pattern, 1, Duration::from_secs(2)).await;
+                    sandbox.kill_processes().await.unwrap();
+                    seen
+                }
             );
-            assert_eq!(after_exec, expected_after_exec, "{mode:?}");
-            assert_eq!(left, 0, "{mode:?}: kill_processes left the daemon running");
+            let out = out.unwrap();
+            let left = settle(&daemon_pattern, 0, Duration::from_secs(2)).await
+                + settle(&running_pattern, 0, Duration::from_secs(2)).await;
+            println!(
+                "[{mode:?}] daemons after their command: {daemons}; running command stopped after {:?} \
+                 (exit {:?}, timed_out {}); processes left: {left}",
+                started.elapsed(),
+                out.exit_code,
+                out.timed_out
+            );
+            assert_eq!(seen, 1, "{mode:?}: the command was running");
+            assert!(started.elapsed() < Duration::from_secs(5), "{mode:?}");
+            assert_eq!(out.exit_code, Some(128 + 9), "{mode:?}: killed by SIGKILL");
+            assert!(!out.timed_out);
+            assert_eq!(left, 0, "{mode:?}: kill_processes left processes running");
             sandbox.remove().await.unwrap();
         }
     }
