@@ -93,6 +93,8 @@ pub struct Config {
     pub max_runs_per_job: i32,
     /// `HARBOR_TIMEOUT_MS` (30 minutes): the deadline of one attempt.
     pub attempt_timeout: Duration,
+    /// `JOB_TIMEOUT_MS` (12 hours): the deadline of a whole job, from the moment it starts running.
+    pub job_timeout: Duration,
     /// `DEFAULT_CPUS` (1): CPU limit when `task.toml` names none.
     pub default_cpus: f64,
     /// `DEFAULT_MEMORY_MB` (2048): memory limit when `task.toml` names none.
@@ -250,6 +252,12 @@ impl Config {
             "a whole number of milliseconds (at least 1000)",
             |v| *v >= 1000,
         );
+        let job_ms: u64 = r.parsed(
+            "JOB_TIMEOUT_MS",
+            12 * 60 * 60 * 1000,
+            "a whole number of milliseconds (at least 1000)",
+            |v| *v >= 1000,
+        );
         let max_concurrent_attempts_per_job = r.count("MAX_CONCURRENT_ATTEMPTS_PER_JOB", 10);
         let max_concurrent_jobs = r.count("MAX_CONCURRENT_JOBS", 5);
         let max_active_jobs_per_user = r.count("MAX_ACTIVE_JOBS_PER_USER", 1);
@@ -329,6 +337,7 @@ impl Config {
             max_queued_jobs_per_user,
             max_runs_per_job,
             attempt_timeout: Duration::from_millis(attempt_ms),
+            job_timeout: Duration::from_millis(job_ms),
             default_cpus,
             default_memory_mb,
             max_archive_bytes: archive_mb * 1024 * 1024,

@@ -205,6 +205,24 @@ pub async fn attempt_started(db: &impl ConnectionTrait, id: Uuid) -> Result<(), 
     Ok(())
 }
 
+/// Put an attempt back to `queued` (the worker stopped it for a shutdown; it runs again later).
+pub async fn release_attempt(db: &impl ConnectionTrait, id: Uuid) -> Result<(), DbErr> {
+    attempt::Entity::update_many()
+        .col_expr(
+            attempt::Column::Status,
+            Expr::value(AttemptStatus::Queued.as_str()),
+        )
+        .col_expr(
+            attempt::Column::StartedAt,
+            Expr::value(Option::<DateTime<chrono::FixedOffset>>::None),
+        )
+        .filter(attempt::Column::Id.eq(id))
+        .filter(attempt::Column::Status.eq(AttemptStatus::Running))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
 /// Write an attempt's outcome, its episodes, and (unless it was cancelled) count it in `runs_completed`, in one
 /// transaction.
 pub async fn record_outcome(
@@ -287,4 +305,12 @@ pub async fn fail_unfinished_attempts(
         .exec(db)
         .await?;
     Ok(result.rows_affected)
+}
+
+/// Jobs in `running`.
+pub async fn running_jobs(db: &impl ConnectionTrait) -> Result<Vec<job::Model>, DbErr> {
+    job::Entity::find()
+        .filter(job::Column::Status.eq(JobStatus::Running))
+        .all(db)
+        .await
 }

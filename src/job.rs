@@ -2,21 +2,25 @@
 //! concurrently (at most `MAX_CONCURRENT_ATTEMPTS_PER_JOB`), record each one, and finish the job — or fail it with a
 //! message its owner can act on. Cancellation by the platform is noticed within about a second.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use entity::attempt::AttemptStatus;
 use entity::job::{self, JobStatus};
-use futures::StreamExt;
 use sea_orm::{DatabaseConnection, DbErr};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 use uuid::Uuid;
 
-use crate::attempt::{self, AttemptContext, AttemptId, AttemptOutcome, agent::ORACLE};
+use crate::attempt::runner::{self, AttemptRunner};
+use crate::attempt::{self, AttemptContext, AttemptId, AttemptOutcome, humanize};
 use crate::config::Config;
 use crate::db;
+use crate::layers::Elapsed;
 use crate::runtime::{Runtime, RuntimeError};
+use crate::stop::{Stop, StopReason};
 use crate::store::{ArtifactStore, StoreError};
 use crate::task::{self, ArchiveError, ExtractLimits, Task, TaskError};
 
@@ -55,17 +59,21 @@ pub enum JobError {
     /// A bug: a task panicked.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The job was stopped (see its [`Stop`]) before it could finish.
+    #[error("the job was stopped")]
+    Stopped,
 }
 
-/// What `process` ended with.
+/// What a job's run ended with.
 #[derive(Debug)]
 pub struct JobSummary {
     /// The job.
     pub job_id: Uuid,
-    /// Outcomes of the attempts this run executed.
+    /// Outcomes of the attempts this run executed (attempts cut short by the attempt deadline are recorded by
+    /// their own tasks and are not listed).
     pub attempts: Vec<AttemptOutcome>,
-    /// True when the platform cancelled the job while it ran.
-    pub cancelled: bool,
+    /// Why the job stopped early, if it did.
+    pub stopped: Option<StopReason>,
 }
 
 /// The parts a job needs: database, artifact store, runtime and configuration.
@@ -79,42 +87,107 @@ pub struct Worker {
     pub runtime: Arc<dyn Runtime>,
     /// Settings.
     pub config: Arc<Config>,
+    /// Cancelled when the worker must stop its jobs now (the shutdown grace period is over): every running job
+    /// stops its attempts and goes back to the queue.
+    pub hard_stop: CancellationToken,
 }
 
 impl Worker {
     /// Run a job this worker has claimed (status `running`) to its end, recording everything. Errors that stop the
     /// job fail it with a readable `error_message`; only database failures while doing so are returned.
-    pub async fn run_claimed(&self, job: job::Model) -> Result<JobSummary, DbErr> {
+    pub async fn run_claimed(&self, job: job::Model, stop: Stop) -> Result<JobSummary, DbErr> {
         let job_id = job.id;
         let scratch = scratch_dir(&self.config, job_id);
-        let result = self.process(&job, &scratch).await;
+        let done = CancellationToken::new();
+        let watcher = tokio::spawn(watch_job(
+            self.db.clone(),
+            job_id,
+            stop.clone(),
+            self.hard_stop.clone(),
+            done.clone(),
+        ));
+        // Ends the watcher even when this future is dropped (the job's timeout layer gave up on it).
+        let done_guard = done.drop_guard();
+        let result = self.process(&job, &scratch, &stop).await;
+        drop(done_guard);
+        let _ = watcher.await;
         if let Err(e) = tokio::fs::remove_dir_all(&scratch).await
             && e.kind() != std::io::ErrorKind::NotFound
         {
             tracing::warn!(path = %scratch.display(), error = %e, "could not remove the job's scratch folder");
         }
-        match result {
-            Ok(summary) => Ok(summary),
-            Err(JobError::Database(e)) => Err(e),
-            Err(e) => {
+        let (attempts, error) = match result {
+            Ok(attempts) => (attempts, None),
+            Err(JobError::Database(e)) => return Err(e),
+            Err(JobError::Stopped) => (Vec::new(), None),
+            Err(e) => (Vec::new(), Some(e)),
+        };
+        let stopped = stop.reason();
+        match (stopped, error) {
+            (Some(StopReason::Cancelled), _) => {
+                db::fail_unfinished_attempts(
+                    &self.db,
+                    job_id,
+                    "CancellationError",
+                    "the job was cancelled before this attempt ran",
+                )
+                .await?;
+                tracing::info!(job = %job_id, "job cancelled; its status is left as the platform set it");
+            }
+            (Some(StopReason::Shutdown), _) => {
+                if db::transition_job(
+                    &self.db,
+                    job_id,
+                    JobStatus::Running,
+                    JobStatus::Queued,
+                    None,
+                )
+                .await?
+                {
+                    tracing::info!(job = %job_id, "job released back to the queue");
+                }
+            }
+            (Some(StopReason::JobTimeout), _) => {
+                let message = sentence(&format!(
+                    "the job took longer than its limit of {}",
+                    humanize(self.config.job_timeout)
+                ));
+                db::fail_job(&self.db, job_id, &message).await?;
+                db::fail_unfinished_attempts(&self.db, job_id, "TimeoutError", &message).await?;
+            }
+            (None, Some(e)) => {
                 let message = sentence(&e.to_string());
                 tracing::warn!(job = %job_id, error = %message, "job failed");
                 db::fail_job(&self.db, job_id, &message).await?;
                 db::fail_unfinished_attempts(&self.db, job_id, "ExecutionError", &message).await?;
-                Ok(JobSummary {
+            }
+            (None, None) => {
+                if !db::transition_job(
+                    &self.db,
                     job_id,
-                    attempts: Vec::new(),
-                    cancelled: false,
-                })
+                    JobStatus::Running,
+                    JobStatus::Completed,
+                    None,
+                )
+                .await?
+                {
+                    tracing::warn!(job = %job_id, "job was no longer running when it finished; leaving its status alone");
+                }
             }
         }
+        Ok(JobSummary {
+            job_id,
+            attempts,
+            stopped,
+        })
     }
 
     async fn process(
         &self,
         job: &job::Model,
-        scratch: &std::path::Path,
-    ) -> Result<JobSummary, JobError> {
+        scratch: &Path,
+        stop: &Stop,
+    ) -> Result<Vec<AttemptOutcome>, JobError> {
         let max = self.config.max_runs_per_job;
         if job.runs_requested < 1 || job.runs_requested > max {
             return Err(JobError::InvalidRuns {
@@ -144,21 +217,14 @@ impl Worker {
         .map_err(|e| JobError::Internal(e.to_string()))??;
         tracing::info!(job = %job.id, task = %task.name, runs = job.runs_requested, "task unpacked");
 
-        let image = self.runtime.prepare(job.id, &task.root, &task.spec).await?;
+        let image = tokio::select! {
+            image = self.runtime.prepare(job.id, &task.root, &task.spec) => image?,
+            _ = stop.stopped() => return Err(JobError::Stopped),
+        };
         tracing::info!(job = %job.id, image = %image.reference, built = image.built, "environment ready");
 
         let attempts = db::ensure_attempts(&self.db, job.id, job.runs_requested).await?;
-        let cancel = CancellationToken::new();
-        let done = CancellationToken::new();
-        let watcher = tokio::spawn(watch_cancellation(
-            self.db.clone(),
-            job.id,
-            cancel.clone(),
-            done.clone(),
-        ));
-        // Stops the watcher however this function ends.
-        let _done_guard = done.drop_guard();
-
+        let timeout = attempt::attempt_timeout(self.config.attempt_timeout, &task.spec);
         let ctx = AttemptContext {
             runtime: self.runtime.clone(),
             store: self.store.clone(),
@@ -167,101 +233,82 @@ impl Worker {
             job_id: job.id,
             default_cpus: self.config.default_cpus,
             default_memory_mb: self.config.default_memory_mb,
-            attempt_timeout: self.config.attempt_timeout,
+            attempt_timeout: timeout,
             scratch_root: scratch.join("attempts"),
-            cancel: cancel.clone(),
+            stop: stop.clone(),
         };
-        let pending: Vec<AttemptId> = attempts
+        let tracker = TaskTracker::new();
+        let stack = runner::stack(
+            AttemptRunner::new(ctx, self.db.clone(), tracker.clone()),
+            self.config.max_concurrent_attempts_per_job,
+            timeout,
+        );
+        let pending = attempts
             .iter()
             .filter(|a| !matches!(a.status, AttemptStatus::Success | AttemptStatus::Failed))
             .map(|a| AttemptId {
                 id: a.id,
                 index: a.index,
-            })
-            .collect();
-        let outcomes: Vec<Result<Option<AttemptOutcome>, JobError>> = futures::stream::iter(pending)
-            .map(|id| {
-                let (ctx, db) = (ctx.clone(), self.db.clone());
-                let handle = tokio::spawn(async move {
-                    if ctx.cancel.is_cancelled() {
-                        return Ok(None);
-                    }
-                    db::attempt_started(&db, id.id).await?;
-                    let out = attempt::run_attempt(&ctx, id).await;
-                    tracing::info!(job = %ctx.job_id, attempt = id.index, status = out.status.as_str(),
-                        tests = %format!("{}/{}", out.tests_passed, out.tests_total), "attempt finished");
-                    db::record_outcome(&db, ctx.job_id, &out, ORACLE).await?;
-                    Ok::<_, DbErr>(Some(out))
-                });
-                async move {
-                    match handle.await {
-                        Ok(result) => result.map_err(JobError::from),
-                        Err(e) => Err(JobError::Internal(format!("an attempt crashed: {e}"))),
-                    }
+            });
+        // Attempts not started when the job stops stay queued: they are failed or released below.
+        let results = futures::future::join_all(pending.map(|id| {
+            let stack = stack.clone();
+            let stop = stop.clone();
+            async move {
+                tokio::select! {
+                    biased;
+                    _ = stop.stopped() => None,
+                    result = stack.oneshot(id) => Some(result),
                 }
-            })
-            .buffer_unordered(self.config.max_concurrent_attempts_per_job)
-            .collect()
-            .await;
-        let cancelled = cancel.is_cancelled();
-        watcher.abort();
-
+            }
+        }))
+        .await;
+        // Attempts cut short by their deadline record themselves; wait for every record before the job's own.
+        tracker.close();
+        tracker.wait().await;
         let mut finished = Vec::new();
-        for result in outcomes {
-            if let Some(out) = result? {
-                finished.push(out);
+        for result in results.into_iter().flatten() {
+            match result {
+                Ok(out) => finished.push(out),
+                Err(e) if e.is::<Elapsed>() => {}
+                Err(e) => match e.downcast::<DbErr>() {
+                    Ok(db_err) => return Err(JobError::Database(*db_err)),
+                    Err(other) => return Err(JobError::Internal(other.to_string())),
+                },
             }
         }
         finished.sort_by_key(|o| o.index);
-        if cancelled {
-            db::fail_unfinished_attempts(
-                &self.db,
-                job.id,
-                "CancellationError",
-                "the job was cancelled before this attempt ran",
-            )
-            .await?;
-            tracing::info!(job = %job.id, "job cancelled by the platform; its status is left as the platform set it");
-        } else if !db::transition_job(
-            &self.db,
-            job.id,
-            JobStatus::Running,
-            JobStatus::Completed,
-            None,
-        )
-        .await?
-        {
-            tracing::warn!(job = %job.id, "job was no longer running when it finished; leaving its status alone");
-        }
-        Ok(JobSummary {
-            job_id: job.id,
-            attempts: finished,
-            cancelled,
-        })
+        Ok(finished)
     }
 }
 
-/// Poll the job row until it is cancelled (then cancel `token`) or the job ends (`done`).
-async fn watch_cancellation(
+/// Stop the job when the platform cancels it (checked every [`CANCEL_CHECK_INTERVAL`]) or the worker must stop now;
+/// return when the job is done.
+async fn watch_job(
     db: DatabaseConnection,
     job_id: Uuid,
-    token: CancellationToken,
+    stop: Stop,
+    hard_stop: CancellationToken,
     done: CancellationToken,
 ) {
     loop {
         tokio::select! {
             _ = done.cancelled() => return,
+            _ = hard_stop.cancelled() => {
+                stop.stop(StopReason::Shutdown);
+                return;
+            }
             _ = tokio::time::sleep(CANCEL_CHECK_INTERVAL) => {}
         }
         match db::find_job(&db, job_id).await {
             Ok(Some(job)) if job.is_cancelled() => {
                 tracing::info!(job = %job_id, "the platform cancelled the job; stopping its attempts");
-                token.cancel();
+                stop.stop(StopReason::Cancelled);
                 return;
             }
             Ok(None) => {
                 tracing::warn!(job = %job_id, "the job row was deleted; stopping its attempts");
-                token.cancel();
+                stop.stop(StopReason::Cancelled);
                 return;
             }
             Ok(Some(_)) => {}

@@ -217,7 +217,10 @@ async fn run(config: Config, path: PathBuf, runs: i32) -> eyre::Result<i32> {
     }
     let job_id = job.id;
     let w = worker.clone();
-    let mut handle = tokio::spawn(async move { w.run_claimed(job).await });
+    let mut handle = tokio::spawn(async move {
+        w.run_claimed(job, terminal_bench_worker::stop::Stop::new())
+            .await
+    });
 
     let bar = if std::io::stderr().is_terminal() {
         ProgressBar::new(runs as u64)

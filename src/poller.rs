@@ -1,95 +1,219 @@
-//! The daemon loop: every `WORKER_POLL_INTERVAL_MS`, find queued jobs and claim the ones the limits allow (at most
-//! `MAX_CONCURRENT_JOBS` running in this worker, at most `MAX_ACTIVE_JOBS_PER_USER` running per owner), oldest
-//! first. A job that cannot be admitted yet stays `queued`, untouched, for a later poll.
+//! The daemon loop: every `WORKER_POLL_INTERVAL_MS`, offer each queued job (oldest first) that this worker is not
+//! already holding to the job pipeline (see [`crate::pipeline`] for the limits and their order). A job the pipeline
+//! refuses stays `queued`, untouched, and is offered again by a later poll; a job is held by the pipeline at most
+//! once at a time, and only the pipeline's innermost service claims it.
 //!
-//! On shutdown the loop stops claiming, lets running jobs finish for the grace period, then stops the rest and
-//! puts their jobs back to `queued` (finished attempts are kept; the next claim continues with the others).
+//! Shutdown: stop offering and claiming; jobs already running get the grace period to finish; then they are stopped
+//! and go back to `queued` (finished attempts are kept; the next run does only the others).
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::time::Duration;
 
 use entity::job::JobStatus;
 use sea_orm::DbErr;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tower::{BoxError, ServiceExt};
 use uuid::Uuid;
 
+use crate::attempt::humanize;
 use crate::db;
-use crate::job::Worker;
+use crate::job::{Worker, scratch_dir};
+use crate::layers::{Elapsed, UserQueueFull};
+use crate::pipeline::{self, AttemptFanout, JobPipeline, JobRequest, NotQueued, ShuttingDown};
 
 /// How long running jobs may take to finish after a shutdown signal.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
-/// Run the poll loop until `shutdown` is cancelled.
+/// Queued jobs read per poll.
+const POLL_BATCH: u64 = 500;
+
+/// The poller's state: the pipeline and the jobs it holds.
+pub struct Poller {
+    worker: Worker,
+    pipeline: JobPipeline,
+    draining: CancellationToken,
+    held: HashSet<Uuid>,
+    tasks: JoinSet<(Uuid, Result<(), BoxError>)>,
+}
+
+impl Poller {
+    /// A poller over `worker` with the standard pipeline.
+    pub fn new(worker: Worker) -> Poller {
+        let draining = CancellationToken::new();
+        let pipeline = pipeline::build(
+            &worker.config,
+            AttemptFanout::new(worker.clone(), draining.clone()),
+        );
+        Poller {
+            worker,
+            pipeline,
+            draining,
+            held: HashSet::new(),
+            tasks: JoinSet::new(),
+        }
+    }
+
+    /// Offer every queued job not held yet to the pipeline. Returns how many were offered.
+    pub async fn poll_once(&mut self) -> Result<usize, DbErr> {
+        self.reap();
+        let queued = db::queued_jobs(&self.worker.db, POLL_BATCH).await?;
+        let mut offered = 0;
+        for job in queued {
+            if !self.held.insert(job.id) {
+                continue;
+            }
+            offered += 1;
+            let id = job.id;
+            let call = self.pipeline.clone().oneshot(JobRequest { job });
+            self.tasks
+                .spawn(async move { (id, call.await.map(|_| ())) });
+        }
+        Ok(offered)
+    }
+
+    /// Handle jobs whose pipeline call ended.
+    fn reap(&mut self) {
+        while let Some(done) = self.tasks.try_join_next() {
+            self.finish(done);
+        }
+    }
+
+    fn finish(&mut self, done: Result<(Uuid, Result<(), BoxError>), tokio::task::JoinError>) {
+        let (id, result) = match done {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::error!(error = %e, "a job task crashed");
+                return;
+            }
+        };
+        self.held.remove(&id);
+        let Err(e) = result else { return };
+        if e.is::<UserQueueFull>() {
+            tracing::debug!(job = %id, "the owner's waiting room is full; the job stays queued for a later poll");
+        } else if e.is::<NotQueued>() || e.is::<ShuttingDown>() {
+            tracing::info!(job = %id, reason = %e, "job not started");
+        } else if e.is::<Elapsed>() {
+            let (db, config) = (self.worker.db.clone(), self.worker.config.clone());
+            tokio::spawn(async move {
+                let message = format!(
+                    "The job took longer than its limit of {}.",
+                    humanize(config.job_timeout)
+                );
+                tracing::warn!(job = %id, "{message}");
+                if let Err(e) = db::fail_job(&db, id, &message).await {
+                    tracing::error!(job = %id, error = %e, "could not record the job's timeout");
+                }
+                // Attempts that were running record their own timeout; those that never started end here.
+                if let Err(e) =
+                    db::fail_unfinished_attempts(&db, id, "TimeoutError", &message).await
+                {
+                    tracing::error!(job = %id, error = %e, "could not record the job's timeout on its attempts");
+                }
+                let _ = tokio::fs::remove_dir_all(scratch_dir(&config, id)).await;
+            });
+        } else {
+            tracing::error!(job = %id, error = %e, "the job's run ended with an error");
+        }
+    }
+
+    async fn next_done(&mut self) {
+        match self.tasks.join_next().await {
+            Some(done) => self.finish(done),
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Stop offering and claiming, give running jobs `grace` to finish, then stop them (they go back to the queue).
+    pub async fn drain(mut self, grace: Duration) {
+        self.draining.cancel();
+        if self.tasks.is_empty() {
+            return;
+        }
+        tracing::info!(
+            jobs = self.held.len(),
+            grace_s = grace.as_secs(),
+            "shutting down: waiting for running jobs"
+        );
+        let deadline = tokio::time::Instant::now() + grace;
+        while !self.tasks.is_empty() {
+            if tokio::time::timeout_at(deadline, self.next_done())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        if self.tasks.is_empty() {
+            return;
+        }
+        tracing::info!(
+            jobs = self.held.len(),
+            "grace period over: stopping running jobs and releasing them"
+        );
+        self.worker.hard_stop.cancel();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while !self.tasks.is_empty() {
+            if tokio::time::timeout_at(deadline, self.next_done())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        self.tasks.abort_all();
+        for id in std::mem::take(&mut self.held) {
+            let _ = self.worker.runtime.remove_leftovers(Some(id)).await;
+            if let Ok(true) = db::transition_job(
+                &self.worker.db,
+                id,
+                JobStatus::Running,
+                JobStatus::Queued,
+                None,
+            )
+            .await
+            {
+                tracing::warn!(job = %id, "job released back to the queue after it did not stop in time");
+            }
+        }
+    }
+}
+
+/// Run the poll loop until `shutdown` is cancelled, then drain.
 pub async fn run(
     worker: Worker,
     shutdown: CancellationToken,
     grace: Duration,
 ) -> Result<(), DbErr> {
-    let slots = Arc::new(Semaphore::new(worker.config.max_concurrent_jobs));
-    let mut running = Running::default();
     sweep_leftovers(&worker).await;
     tracing::info!(
         runtime = %worker.runtime.describe(),
         poll_ms = worker.config.poll_interval.as_millis() as u64,
         max_jobs = worker.config.max_concurrent_jobs,
+        max_active_per_user = worker.config.max_active_jobs_per_user,
+        max_waiting_per_user = worker.config.max_queued_jobs_per_user,
         "worker started"
     );
+    let interval = worker.config.poll_interval;
+    let mut poller = Poller::new(worker);
     loop {
-        running.reap();
-        if let Err(e) = poll_once(&worker, &slots, &mut running).await {
+        if let Err(e) = poller.poll_once().await {
             tracing::warn!(error = %e, "polling for jobs failed; will retry");
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(worker.config.poll_interval) => {}
-        }
-    }
-    drain(&worker, running, grace).await
-}
-
-/// Claim as many queued jobs as the limits allow. Returns how many were started.
-pub async fn poll_once(
-    worker: &Worker,
-    slots: &Arc<Semaphore>,
-    running: &mut Running,
-) -> Result<usize, DbErr> {
-    if slots.available_permits() == 0 {
-        return Ok(0);
-    }
-    let queued = db::queued_jobs(&worker.db, 500).await?;
-    if queued.is_empty() {
-        return Ok(0);
-    }
-    let mut active: HashMap<Option<Uuid>, usize> = db::running_per_owner(&worker.db).await?;
-    let mut started = 0;
-    for job in queued {
-        if active.get(&job.owner_id).copied().unwrap_or(0) >= worker.config.max_active_jobs_per_user
-        {
-            continue;
-        }
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            break;
-        };
-        if !db::claim_job(&worker.db, job.id).await? {
-            continue; // someone else claimed it, or the platform changed it
-        }
-        *active.entry(job.owner_id).or_insert(0) += 1;
-        started += 1;
-        tracing::info!(job = %job.id, task = %job.task_name, runs = job.runs_requested, "job claimed");
-        let w = worker.clone();
-        let id = job.id;
-        let handle = running.set.spawn(async move {
-            let _permit = permit;
-            if let Err(e) = w.run_claimed(job).await {
-                tracing::error!(job = %id, error = %e, "database error while running the job");
+        let sleep = tokio::time::sleep(interval);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    poller.drain(grace).await;
+                    return Ok(());
+                }
+                _ = &mut sleep => break,
+                // A finished job may free the owner's turn for a job that was refused: look again at once.
+                _ = poller.next_done() => break,
             }
-        });
-        running.jobs.insert(handle.id(), id);
+        }
     }
-    Ok(started)
 }
 
 /// Remove environments of jobs that this database knows and that are no longer running (left by a crash). Jobs it
@@ -118,77 +242,4 @@ async fn sweep_leftovers(worker: &Worker) {
             Err(e) => tracing::warn!(error = %e, "could not check a leftover environment's job"),
         }
     }
-}
-
-/// The jobs this worker runs, by task.
-#[derive(Default)]
-pub struct Running {
-    set: JoinSet<()>,
-    jobs: HashMap<tokio::task::Id, Uuid>,
-}
-
-impl Running {
-    /// Forget finished jobs.
-    fn reap(&mut self) {
-        while let Some(done) = self.set.try_join_next_with_id() {
-            let id = match done {
-                Ok((id, ())) => id,
-                Err(e) => {
-                    tracing::error!(error = %e, "a job task crashed");
-                    e.id()
-                }
-            };
-            self.jobs.remove(&id);
-        }
-    }
-
-    /// Jobs still running.
-    pub fn len(&self) -> usize {
-        self.set.len()
-    }
-
-    /// True when no job runs.
-    pub fn is_empty(&self) -> bool {
-        self.set.is_empty()
-    }
-}
-
-async fn drain(worker: &Worker, mut running: Running, grace: Duration) -> Result<(), DbErr> {
-    if running.is_empty() {
-        return Ok(());
-    }
-    tracing::info!(
-        jobs = running.len(),
-        grace_s = grace.as_secs(),
-        "shutting down: waiting for running jobs"
-    );
-    let deadline = tokio::time::Instant::now() + grace;
-    while !running.is_empty() {
-        match tokio::time::timeout_at(deadline, running.set.join_next_with_id()).await {
-            Err(_) => break,
-            Ok(Some(Ok((id, ())))) => {
-                running.jobs.remove(&id);
-            }
-            Ok(_) => {}
-        }
-    }
-    running.set.abort_all();
-    let mut released = Vec::new();
-    while let Some(result) = running.set.join_next_with_id().await {
-        // A task that finished on its own between the deadline and the abort recorded its job already.
-        if let Err(e) = result
-            && let Some(job) = running.jobs.get(&e.id())
-        {
-            released.push(*job);
-        }
-    }
-    for job in released {
-        if let Err(e) = worker.runtime.remove_leftovers(Some(job)).await {
-            tracing::warn!(job = %job, error = %e, "could not remove the job's environments");
-        }
-        if db::transition_job(&worker.db, job, JobStatus::Running, JobStatus::Queued, None).await? {
-            tracing::info!(job = %job, "job released back to the queue");
-        }
-    }
-    Ok(())
 }

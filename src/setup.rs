@@ -91,6 +91,7 @@ pub async fn worker(config: &Config, mode: Mode) -> eyre::Result<Worker> {
         store,
         runtime,
         config: Arc::new(config.clone()),
+        hard_stop: Default::default(),
     })
 }
 

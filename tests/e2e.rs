@@ -335,3 +335,43 @@ async fn an_agent_timeout_still_runs_the_verifier() {
     );
     assert_eq!(done.runs_completed, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_past_its_deadline_fails_and_leaves_no_containers() {
+    let h = harness(&[("JOB_TIMEOUT_MS", "4000")]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let job = submit::submit(&h.worker, &sleepy_task(dir.path(), 120), 2, None)
+        .await
+        .unwrap();
+    let (stop, handle) = h.start_worker();
+    let done = h.wait_final(job.id, Duration::from_secs(120)).await;
+    assert_eq!(done.status, JobStatus::Failed);
+    assert_eq!(
+        done.error_message.as_deref(),
+        Some("The job took longer than its limit of 4 s.")
+    );
+    // The attempts stop by themselves once the job's future is dropped: containers go, rows say why.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let attempts = db::attempts_of(&h.db, job.id).await.unwrap();
+        let settled = attempts.iter().all(|a| {
+            a.status == AttemptStatus::Failed
+                && a.metadata.as_ref().unwrap()["errorType"] == "TimeoutError"
+        });
+        if settled && h.containers_of(job.id).await.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "attempts not settled: {attempts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.cancel();
+    handle.await.unwrap();
+    assert_eq!(
+        h.job(job.id).await.status,
+        JobStatus::Failed,
+        "the timeout stays recorded"
+    );
+}

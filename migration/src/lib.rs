@@ -16,6 +16,7 @@
 pub use sea_orm_migration::prelude::*;
 
 mod m20261129_000001_platform_tables;
+mod m20261129_000002_worker_tables;
 
 /// All migrations, oldest first.
 pub struct Migrator;
@@ -23,7 +24,10 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261129_000001_platform_tables::Migration)]
+        vec![
+            Box::new(m20261129_000001_platform_tables::Migration),
+            Box::new(m20261129_000002_worker_tables::Migration),
+        ]
     }
 }
 

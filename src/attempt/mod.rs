@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod outcome;
+pub mod runner;
 pub mod trial;
 pub mod verifier;
 
@@ -21,6 +22,7 @@ use uuid::Uuid;
 pub use outcome::{AttemptOutcome, EpisodeRecord, ErrorType, PhaseTiming, TestCase};
 
 use crate::runtime::{PreparedImage, Runtime, Sandbox, SandboxSpec};
+use crate::stop::{Stop, StopReason};
 use crate::store::ArtifactStore;
 use crate::task::Task;
 
@@ -41,12 +43,23 @@ pub struct AttemptContext {
     pub default_cpus: f64,
     /// Memory limit (MiB) when `task.toml` names none.
     pub default_memory_mb: u64,
-    /// Whole-attempt deadline (`HARBOR_TIMEOUT_MS`).
+    /// Whole-attempt deadline (see [`attempt_timeout`]); the attempt stack's timeout layer enforces it.
     pub attempt_timeout: Duration,
     /// Host folder for this job's attempts' scratch space.
     pub scratch_root: PathBuf,
-    /// Cancelled when the job is cancelled or the worker must stop.
-    pub cancel: CancellationToken,
+    /// The job's stop signal (cancelled by the platform, job deadline, worker shutdown).
+    pub stop: Stop,
+}
+
+/// The deadline of one attempt: `HARBOR_TIMEOUT_MS`, or less when `task.toml` bounds the agent: its agent and verifier
+/// timeouts plus two minutes for the environment and the artifacts.
+pub fn attempt_timeout(harbor_timeout: Duration, task: &crate::task::TaskSpec) -> Duration {
+    match task.agent.timeout() {
+        Some(agent) => {
+            harbor_timeout.min(agent + task.verifier.timeout() + Duration::from_secs(120))
+        }
+        None => harbor_timeout,
+    }
 }
 
 /// The attempt's identity.
@@ -59,13 +72,22 @@ pub struct AttemptId {
 }
 
 /// How an attempt ended early.
-enum Interrupted {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interrupted {
+    /// Its own deadline passed (`deadline` was cancelled).
     Timeout,
-    Cancelled,
+    /// The job stopped, for this reason.
+    Job(StopReason),
 }
 
-/// Run one attempt to its end.
-pub async fn run_attempt(ctx: &AttemptContext, attempt: AttemptId) -> AttemptOutcome {
+/// Run one attempt to its end. `deadline` is cancelled when the attempt's caller gives up on it (the attempt
+/// stack's timeout dropped the response future); the attempt then stops, cleans up and records a timeout.
+/// Returns the outcome and, when it was cut short, why.
+pub async fn run_attempt(
+    ctx: &AttemptContext,
+    attempt: AttemptId,
+    deadline: CancellationToken,
+) -> (AttemptOutcome, Option<Interrupted>) {
     let mut out = AttemptOutcome::new(attempt.id, attempt.index);
     let scratch = ctx.scratch_root.join(format!("attempt-{}", attempt.index));
     let trial_dir = scratch.join("trial");
@@ -80,13 +102,12 @@ pub async fn run_attempt(ctx: &AttemptContext, attempt: AttemptId) -> AttemptOut
         env: env.env.clone(),
         scratch_dir: scratch.join("sandbox"),
     };
-    let deadline = Instant::now() + ctx.attempt_timeout;
     let mut slot = Slot::Empty;
 
     let interrupted = tokio::select! {
         biased;
-        _ = ctx.cancel.cancelled() => Some(Interrupted::Cancelled),
-        _ = tokio::time::sleep_until(deadline) => Some(Interrupted::Timeout),
+        reason = ctx.stop.stopped() => Some(Interrupted::Job(reason)),
+        _ = deadline.cancelled() => Some(Interrupted::Timeout),
         _ = phases(ctx, &spec, &mut out, &mut slot) => None,
     };
     // A start that was interrupted still finishes creating its container; wait for it so it can be removed.
@@ -96,9 +117,17 @@ pub async fn run_attempt(ctx: &AttemptContext, attempt: AttemptId) -> AttemptOut
         Slot::Starting(handle) => handle.await.ok().and_then(Result::ok),
     };
     match interrupted {
-        Some(Interrupted::Cancelled) => out.fail(
+        Some(Interrupted::Job(StopReason::Cancelled)) => out.fail(
             ErrorType::CancellationError,
             "the job was cancelled while this attempt ran",
+        ),
+        Some(Interrupted::Job(StopReason::JobTimeout)) => out.fail(
+            ErrorType::TimeoutError,
+            "the job ran past its time limit while this attempt ran",
+        ),
+        Some(Interrupted::Job(StopReason::Shutdown)) => out.fail(
+            ErrorType::ExecutionError,
+            "the worker shut down while this attempt ran; it will run again",
         ),
         Some(Interrupted::Timeout) => out.fail(
             ErrorType::TimeoutError,
@@ -109,10 +138,16 @@ pub async fn run_attempt(ctx: &AttemptContext, attempt: AttemptId) -> AttemptOut
         ),
         None => {}
     }
+    // After a cancellation or a shutdown only speed matters: no logs are collected or uploaded.
+    let keep_logs = !matches!(
+        interrupted,
+        Some(Interrupted::Job(
+            StopReason::Cancelled | StopReason::Shutdown
+        ))
+    );
 
-    // Collect and upload what exists, except after a cancellation, where only speed matters.
     if let Some(sb) = &sandbox
-        && !matches!(interrupted, Some(Interrupted::Cancelled))
+        && keep_logs
     {
         let collect = trial::collect(sb.as_ref(), &trial_dir);
         if let Err(e) = tokio::time::timeout(Duration::from_secs(120), collect)
@@ -136,7 +171,7 @@ pub async fn run_attempt(ctx: &AttemptContext, attempt: AttemptId) -> AttemptOut
     out.finished_at = Some(Utc::now());
     out.finalize_status();
 
-    if !matches!(interrupted, Some(Interrupted::Cancelled)) {
+    if keep_logs {
         let prefix = format!("results/{}/attempt-{}", ctx.job_id, attempt.index);
         match trial::write_and_upload(ctx, &out, &trial_dir, &prefix).await {
             Ok(url) => out.log_path = Some(url),
@@ -148,7 +183,7 @@ pub async fn run_attempt(ctx: &AttemptContext, attempt: AttemptId) -> AttemptOut
     {
         tracing::warn!(path = %scratch.display(), error = %e, "could not remove scratch folder");
     }
-    out
+    (out, interrupted)
 }
 
 /// The attempt's sandbox as the phases see it. Starting runs in a task of its own so that an interruption cannot

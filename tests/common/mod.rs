@@ -116,6 +116,7 @@ pub async fn harness(extra: &[(&str, &str)]) -> Harness {
         store: ArtifactStore::S3(s3.clone()),
         runtime: Arc::new(runtime),
         config: Arc::new(config),
+        hard_stop: Default::default(),
     };
     Harness {
         worker,

@@ -1,0 +1,140 @@
+use super::{
+    future::ResponseFuture,
+    worker::{Message, Shared, Worker},
+};
+use crate::layers::{BoxError, Keyed};
+use std::{
+    fmt,
+    future::Future,
+    sync::Arc,
+    task::{Context, Poll, ready},
+};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio_util::sync::PollSemaphore;
+use tower::Service;
+
+/// A handle to a bounded queue in front of a service, dispatching round-robin across keys; see the
+/// [module docs](super).
+///
+/// `F` is the inner service's response future. The inner service itself belongs to the worker task, so unlike most
+/// layers there is no `get_ref`/`into_inner`.
+pub struct FairQueue<Req, F> {
+    tx: mpsc::UnboundedSender<Message<Req, F>>,
+    slots: PollSemaphore,
+    /// The place reserved by `poll_ready` for the next `call`.
+    slot: Option<OwnedSemaphorePermit>,
+    shared: Arc<Shared>,
+}
+
+impl<Req, F> FairQueue<Req, F>
+where
+    F: Send + 'static,
+{
+    /// Puts `inner` behind a fair queue holding at most `capacity` waiting requests, spawning its worker with
+    /// [`tokio::spawn`].
+    ///
+    /// # Panics
+    ///
+    /// If called outside a Tokio runtime, or if `capacity` is 0.
+    pub fn new<S>(inner: S, capacity: usize) -> Self
+    where
+        S: Service<Req, Future = F> + Send + 'static,
+        S::Error: Into<BoxError>,
+        Req: Keyed + Send + 'static,
+    {
+        let (queue, worker) = Self::pair(inner, capacity);
+        tokio::spawn(worker);
+        queue
+    }
+
+    /// Like [`new`](Self::new), but returns the worker instead of spawning it, for callers that run it themselves.
+    /// The worker ends once every handle is dropped and nothing is queued, or when the inner service fails.
+    ///
+    /// # Panics
+    ///
+    /// If `capacity` is 0.
+    pub fn pair<S>(inner: S, capacity: usize) -> (Self, impl Future<Output = ()> + Send + 'static)
+    where
+        S: Service<Req, Future = F> + Send + 'static,
+        S::Error: Into<BoxError>,
+        Req: Keyed + Send + 'static,
+    {
+        assert!(capacity > 0, "FairQueue needs a capacity of at least 1");
+        let shared = Arc::new(Shared::new(capacity));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut worker = Worker::new(inner, rx, shared.clone());
+        let queue = Self {
+            tx,
+            slots: PollSemaphore::new(shared.slots.clone()),
+            slot: None,
+            shared,
+        };
+        (queue, async move {
+            std::future::poll_fn(|cx| worker.poll_work(cx)).await
+        })
+    }
+}
+
+impl<Req, F, Rsp, E> Service<Req> for FairQueue<Req, F>
+where
+    F: Future<Output = Result<Rsp, E>>,
+    E: Into<BoxError>,
+{
+    type Response = Rsp;
+    type Error = BoxError;
+    type Future = ResponseFuture<F>;
+
+    /// Reserves a place in the queue; `Pending` while the queue is full, [`QueueClosed`](super::QueueClosed) once
+    /// the worker is gone.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.slot.is_none() {
+            match ready!(self.slots.poll_acquire(cx)) {
+                Some(slot) => self.slot = Some(slot),
+                None => return Poll::Ready(Err(self.shared.closed().into())),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// # Panics
+    ///
+    /// If `poll_ready` did not return `Ready(Ok(()))` first.
+    fn call(&mut self, request: Req) -> Self::Future {
+        let slot = self
+            .slot
+            .take()
+            .expect("FairQueue::call without a place; poll_ready must be called first");
+        let (tx, rx) = oneshot::channel();
+        let message = Message {
+            request,
+            tx,
+            span: tracing::Span::current(),
+            slot,
+        };
+        match self.tx.send(message) {
+            Ok(()) => ResponseFuture::queued(rx, self.shared.clone()),
+            Err(_) => ResponseFuture::failed(self.shared.closed()),
+        }
+    }
+}
+
+impl<Req, F> Clone for FairQueue<Req, F> {
+    /// A new handle to the same queue, without a reserved place.
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            slots: self.slots.clone(),
+            slot: None,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<Req, F> fmt::Debug for FairQueue<Req, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FairQueue")
+            .field("free_places", &self.slots.available_permits())
+            .field("reserved", &self.slot.is_some())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,54 @@
+use super::{future::ResponseFuture, layer::MakeSpan};
+use crate::layers::BoxError;
+use std::task::{Context, Poll};
+use tokio::time::Instant;
+use tower::Service;
+
+/// Runs each request of the inner service in its own span; see the [module docs](super).
+#[derive(Debug, Clone)]
+pub struct Trace<S, M> {
+    inner: S,
+    make_span: M,
+}
+
+impl<S, M> Trace<S, M> {
+    /// Wraps `inner`, making each request's span with `make_span`.
+    pub fn new(inner: S, make_span: M) -> Self {
+        Self { inner, make_span }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Consumes the layer, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, M, Req> Service<Req> for Trace<S, M>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    M: MakeSpan<Req>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        let span = self.make_span.make_span(&request);
+        let started = Instant::now();
+        let future = {
+            let _entered = span.enter();
+            self.inner.call(request)
+        };
+        ResponseFuture::new(future, span, started)
+    }
+}

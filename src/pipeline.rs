@@ -1,0 +1,219 @@
+//! The job pipeline: every queued job the poller finds becomes a [`JobRequest`] that passes through
+//!
+//! ```text
+//! PerUserLimit ─► FairQueue ─► GlobalConcurrencyLimit ─► Trace ─► Timeout ─► AttemptFanout
+//! 1 active,       round-robin   MAX_CONCURRENT_JOBS       span per  JOB_TIMEOUT  claims the job, runs its
+//! ≤5 waiting      across users  at once                   job       _MS          attempts through their stack
+//! ```
+//!
+//! # Order
+//! - **PerUserLimit first**: a user's backlog is bounded before it can take room anywhere else. A job refused here
+//!   (`UserQueueFull`) was never claimed: it stays `queued` in the database and a later poll offers it again.
+//! - **FairQueue in front of the global limit**: the queue's worker dispatches only when the limit has a free slot,
+//!   so waiting jobs wait in the fair queue (where the next free slot goes round-robin across users), not inside the
+//!   limit. Were the buffer behind the limit, buffered jobs would each hold a slot and the limit would count them as
+//!   running.
+//! - **Trace and Timeout inside the limit**: the span and the deadline cover the job's run, not its time in line.
+//! - **AttemptFanout last**: it claims the job (`queued` → `running`) only when the job really starts, so a job stays
+//!   `queued` in the database while it waits, and a job the platform cancelled meanwhile is never started.
+//!
+//! `pipeline_order_is_pinned` in this module's tests holds this order in place.
+
+use std::task::{Context, Poll};
+
+use entity::job;
+use futures::future::BoxFuture;
+use tower::util::BoxCloneService;
+use tower::{BoxError, Service, ServiceBuilder};
+use uuid::Uuid;
+
+use crate::db;
+use crate::job::{JobSummary, Worker};
+use crate::layers::{
+    FairQueueLayer, GlobalConcurrencyLimitLayer, Keyed, PerUserLimitLayer, TimeoutLayer, TraceLayer,
+};
+use crate::stop::{Stop, StopReason};
+
+/// Requests that can wait in the fair queue at once (beyond that, `poll_ready` waits).
+pub const FAIR_QUEUE_CAPACITY: usize = 1024;
+
+/// One job offered to the pipeline.
+#[derive(Debug, Clone)]
+pub struct JobRequest {
+    /// The job row as the poller read it (status `queued`).
+    pub job: job::Model,
+}
+
+impl Keyed for JobRequest {
+    /// The owner; a job without an owner is its own key (no per-user limit applies to it).
+    type Key = Uuid;
+
+    fn key(&self) -> Uuid {
+        self.job.owner_id.unwrap_or(self.job.id)
+    }
+}
+
+/// The job was no longer `queued` when its turn came (the platform cancelled it, or another worker took it).
+#[derive(Debug, thiserror::Error)]
+#[error("job {0} was no longer queued when its turn came")]
+pub struct NotQueued(pub Uuid);
+
+/// The worker is shutting down and claims nothing more; the job stays `queued`.
+#[derive(Debug, thiserror::Error)]
+#[error("the worker is shutting down; job {0} stays queued")]
+pub struct ShuttingDown(pub Uuid);
+
+/// The end of the pipeline: claims a job and runs its attempts.
+#[derive(Clone)]
+pub struct AttemptFanout {
+    worker: Worker,
+    draining: tokio_util::sync::CancellationToken,
+}
+
+impl AttemptFanout {
+    /// A fan-out over `worker`; once `draining` is cancelled it claims nothing more.
+    pub fn new(worker: Worker, draining: tokio_util::sync::CancellationToken) -> AttemptFanout {
+        AttemptFanout { worker, draining }
+    }
+}
+
+impl Service<JobRequest> for AttemptFanout {
+    type Response = JobSummary;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<JobSummary, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: JobRequest) -> Self::Future {
+        let (worker, draining) = (self.worker.clone(), self.draining.clone());
+        Box::pin(async move {
+            let job = request.job;
+            if draining.is_cancelled() {
+                return Err(ShuttingDown(job.id).into());
+            }
+            if !db::claim_job(&worker.db, job.id).await? {
+                return Err(NotQueued(job.id).into());
+            }
+            tracing::info!(job = %job.id, task = %job.task_name, runs = job.runs_requested, "job started");
+            let stop = Stop::new();
+            // If the timeout layer drops this future, the job's attempts learn why and stop.
+            let guard = stop.guard(StopReason::JobTimeout);
+            let summary = worker.run_claimed(job, stop).await?;
+            guard.disarm();
+            Ok(summary)
+        })
+    }
+}
+
+/// The pipeline, type-erased once at its boundary.
+pub type JobPipeline = BoxCloneService<JobRequest, JobSummary, BoxError>;
+
+/// Build the pipeline over an innermost job service, with the worker's limits.
+pub fn build<S>(config: &crate::config::Config, inner: S) -> JobPipeline
+where
+    S: Service<JobRequest, Response = JobSummary, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let service = ServiceBuilder::new()
+        .layer(PerUserLimitLayer::new(config.max_active_jobs_per_user, config.max_queued_jobs_per_user))
+        .layer(FairQueueLayer::new(FAIR_QUEUE_CAPACITY))
+        .layer(GlobalConcurrencyLimitLayer::new(config.max_concurrent_jobs))
+        .layer(TraceLayer::new(|r: &JobRequest| {
+            tracing::info_span!("job", job = %r.job.id, task = %r.job.task_name, owner = ?r.job.owner_id,
+                runs = r.job.runs_requested)
+        }))
+        .layer(TimeoutLayer::new(config.job_timeout))
+        .service(inner);
+    BoxCloneService::new(service)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tower::ServiceExt;
+    use tower_test::mock;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::layers::{Elapsed, UserQueueFull};
+
+    fn job(owner: u128, n: i32) -> JobRequest {
+        let now = chrono::Utc::now().fixed_offset();
+        JobRequest {
+            job: job::Model {
+                id: Uuid::new_v4(),
+                task_name: format!("{owner}-{n}"),
+                status: entity::job::JobStatus::Queued,
+                runs_requested: 1,
+                runs_completed: 0,
+                zip_object_url: None,
+                owner_id: Some(Uuid::from_u128(owner)),
+                error_message: None,
+                metadata: None,
+                created_at: now,
+                updated_at: now,
+            },
+        }
+    }
+
+    fn summary(r: &JobRequest) -> JobSummary {
+        JobSummary {
+            job_id: r.job.id,
+            attempts: Vec::new(),
+            stopped: None,
+        }
+    }
+
+    /// The order of the layers shows in behaviour: one user's backlog is bounded before the queue (refusal at once),
+    /// a free slot goes to another user before the same user's next job (fair queue after the per-user limit), at
+    /// most one job reaches the service (global limit), and only time in the service counts against the deadline
+    /// (timeout inside the queue and the limit).
+    #[tokio::test(start_paused = true)]
+    async fn pipeline_order_is_pinned() {
+        let config = Config::from_lookup(&|name| match name {
+            "MAX_CONCURRENT_JOBS" => Some("1".into()),
+            "MAX_ACTIVE_JOBS_PER_USER" => Some("1".into()),
+            "MAX_QUEUED_JOBS_PER_USER" => Some("2".into()),
+            "JOB_TIMEOUT_MS" => Some("10000".into()),
+            _ => None,
+        })
+        .unwrap();
+        let (inner, mut handle) = mock::pair::<JobRequest, JobSummary>();
+        let pipeline = build(&config, inner);
+
+        let mut calls = Vec::new();
+        for (owner, n) in [(1, 1), (1, 2), (1, 3), (2, 1)] {
+            calls.push(tokio::spawn(pipeline.clone().oneshot(job(owner, n))));
+            tokio::task::yield_now().await;
+        }
+        // User 1 has one active and two waiting: a fourth is refused at once, before it takes any queue room.
+        let refused = pipeline.clone().oneshot(job(1, 4)).await.unwrap_err();
+        assert!(refused.is::<UserQueueFull>(), "{refused}");
+
+        // Only one job reaches the service (global limit 1): user 1's first.
+        let (first, send) = handle.next_request().await.unwrap();
+        assert_eq!(first.job.task_name, "1-1");
+        // Waiting for a minute in line did not time anybody out; the running job's own deadline passes.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let timed_out = calls.remove(0).await.unwrap().unwrap_err();
+        assert!(timed_out.is::<Elapsed>(), "{timed_out}");
+        drop(send);
+
+        // The free slot goes to user 2 before user 1's next job.
+        let (second, send) = handle.next_request().await.unwrap();
+        assert_eq!(second.job.task_name, "2-1");
+        send.send_response(summary(&second));
+        let (third, send) = handle.next_request().await.unwrap();
+        assert_eq!(third.job.task_name, "1-2");
+        send.send_response(summary(&third));
+        let (fourth, send) = handle.next_request().await.unwrap();
+        assert_eq!(fourth.job.task_name, "1-3");
+        send.send_response(summary(&fourth));
+        for call in calls {
+            call.await.unwrap().unwrap();
+        }
+    }
+}
