@@ -95,6 +95,11 @@ pub struct Config {
     pub attempt_timeout: Duration,
     /// `JOB_TIMEOUT_MS` (12 hours): the deadline of a whole job, from the moment it starts running.
     pub job_timeout: Duration,
+    /// `WORKER_LEASE_SECS` (15): a claimed job is rescued by another worker this long after its worker's last
+    /// heartbeat (renewed every third of it).
+    pub lease: Duration,
+    /// `MAX_JOB_RESCUES` (3): how often a job is taken back from a lost worker before it fails.
+    pub max_rescues: i32,
     /// `DEFAULT_CPUS` (1): CPU limit when `task.toml` names none.
     pub default_cpus: f64,
     /// `DEFAULT_MEMORY_MB` (2048): memory limit when `task.toml` names none.
@@ -258,6 +263,15 @@ impl Config {
             "a whole number of milliseconds (at least 1000)",
             |v| *v >= 1000,
         );
+        let lease_secs: u64 = r.parsed(
+            "WORKER_LEASE_SECS",
+            15,
+            "a whole number of seconds (at least 3)",
+            |v| *v >= 3,
+        );
+        let max_rescues: i32 = r.parsed("MAX_JOB_RESCUES", 3, "a whole number (0 or more)", |v| {
+            *v >= 0
+        });
         let max_concurrent_attempts_per_job = r.count("MAX_CONCURRENT_ATTEMPTS_PER_JOB", 10);
         let max_concurrent_jobs = r.count("MAX_CONCURRENT_JOBS", 5);
         let max_active_jobs_per_user = r.count("MAX_ACTIVE_JOBS_PER_USER", 1);
@@ -338,6 +352,8 @@ impl Config {
             max_runs_per_job,
             attempt_timeout: Duration::from_millis(attempt_ms),
             job_timeout: Duration::from_millis(job_ms),
+            lease: Duration::from_secs(lease_secs),
+            max_rescues,
             default_cpus,
             default_memory_mb,
             max_archive_bytes: archive_mb * 1024 * 1024,

@@ -9,11 +9,25 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
-    DbErr, EntityTrait, QueryFilter, QueryOrder, TransactionTrait,
+    DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QueryOrder, TransactionTrait,
 };
 use uuid::Uuid;
 
 use crate::attempt::AttemptOutcome;
+use crate::claims::{self, Claim, FenceError};
+
+/// Begin a transaction for a write on a claimed job: with a claim, the claim row is locked and checked first, so a
+/// worker that lost its lease writes nothing. Without one (the embedded default) it is a plain transaction.
+pub async fn fenced(
+    db: &DatabaseConnection,
+    fence: Option<&Claim>,
+) -> Result<DatabaseTransaction, FenceError> {
+    let txn = db.begin().await?;
+    if let Some(claim) = fence {
+        claims::check_fence(&txn, claim).await?;
+    }
+    Ok(txn)
+}
 
 fn now() -> DateTime<chrono::FixedOffset> {
     Utc::now().fixed_offset()
@@ -76,21 +90,6 @@ pub async fn queued_jobs(db: &impl ConnectionTrait, limit: u64) -> Result<Vec<jo
         .await
 }
 
-/// Owners with a job running, and how many.
-pub async fn running_per_owner(
-    db: &impl ConnectionTrait,
-) -> Result<std::collections::HashMap<Option<Uuid>, usize>, DbErr> {
-    let running = job::Entity::find()
-        .filter(job::Column::Status.eq(JobStatus::Running))
-        .all(db)
-        .await?;
-    let mut counts = std::collections::HashMap::new();
-    for j in running {
-        *counts.entry(j.owner_id).or_insert(0) += 1;
-    }
-    Ok(counts)
-}
-
 /// Move a job from `from` to `to` if (and only if) it is still in `from`. Returns whether it moved.
 pub async fn transition_job(
     db: &impl ConnectionTrait,
@@ -137,9 +136,10 @@ pub async fn ensure_attempts(
     db: &DatabaseConnection,
     job_id: Uuid,
     runs: i32,
-) -> Result<Vec<attempt::Model>, DbErr> {
-    let existing = attempts_of(db, job_id).await?;
-    let txn = db.begin().await?;
+    fence: Option<&Claim>,
+) -> Result<Vec<attempt::Model>, FenceError> {
+    let txn = fenced(db, fence).await?;
+    let existing = attempts_of(&txn, job_id).await?;
     let mut rows = Vec::new();
     for index in 0..runs {
         if let Some(row) = existing.iter().find(|a| a.index == index) {
@@ -192,7 +192,12 @@ pub async fn episodes_of(
 }
 
 /// Mark an attempt `running`.
-pub async fn attempt_started(db: &impl ConnectionTrait, id: Uuid) -> Result<(), DbErr> {
+pub async fn attempt_started(
+    db: &DatabaseConnection,
+    id: Uuid,
+    fence: Option<&Claim>,
+) -> Result<(), FenceError> {
+    let txn = fenced(db, fence).await?;
     attempt::Entity::update_many()
         .col_expr(
             attempt::Column::Status,
@@ -200,13 +205,19 @@ pub async fn attempt_started(db: &impl ConnectionTrait, id: Uuid) -> Result<(), 
         )
         .col_expr(attempt::Column::StartedAt, Expr::value(now()))
         .filter(attempt::Column::Id.eq(id))
-        .exec(db)
+        .exec(&txn)
         .await?;
+    txn.commit().await?;
     Ok(())
 }
 
 /// Put an attempt back to `queued` (the worker stopped it for a shutdown; it runs again later).
-pub async fn release_attempt(db: &impl ConnectionTrait, id: Uuid) -> Result<(), DbErr> {
+pub async fn release_attempt(
+    db: &DatabaseConnection,
+    id: Uuid,
+    fence: Option<&Claim>,
+) -> Result<(), FenceError> {
+    let txn = fenced(db, fence).await?;
     attempt::Entity::update_many()
         .col_expr(
             attempt::Column::Status,
@@ -218,8 +229,9 @@ pub async fn release_attempt(db: &impl ConnectionTrait, id: Uuid) -> Result<(), 
         )
         .filter(attempt::Column::Id.eq(id))
         .filter(attempt::Column::Status.eq(AttemptStatus::Running))
-        .exec(db)
+        .exec(&txn)
         .await?;
+    txn.commit().await?;
     Ok(())
 }
 
@@ -230,8 +242,9 @@ pub async fn record_outcome(
     job_id: Uuid,
     out: &AttemptOutcome,
     agent_name: &str,
-) -> Result<(), DbErr> {
-    let txn = db.begin().await?;
+    fence: Option<&Claim>,
+) -> Result<(), FenceError> {
+    let txn = fenced(db, fence).await?;
     attempt::Entity::update(attempt::ActiveModel {
         id: Set(out.attempt_id),
         status: Set(out.status),
@@ -277,7 +290,8 @@ pub async fn record_outcome(
             .exec(&txn)
             .await?;
     }
-    txn.commit().await
+    txn.commit().await?;
+    Ok(())
 }
 
 /// Fail every attempt of a job that has not finished, with the given error (used when a job cannot run at all, or
@@ -313,4 +327,93 @@ pub async fn running_jobs(db: &impl ConnectionTrait) -> Result<Vec<job::Model>, 
         .filter(job::Column::Status.eq(JobStatus::Running))
         .all(db)
         .await
+}
+
+/// How a claimed job ends, as written by [`finish_job`].
+#[derive(Debug, Clone)]
+pub enum Finish {
+    /// `running` → `completed`.
+    Completed,
+    /// `running` → `failed` with this message; unfinished attempts fail with the error type.
+    Failed {
+        /// The job's `error_message`.
+        message: String,
+        /// `errorType` for unfinished attempts.
+        error_type: &'static str,
+    },
+    /// The platform cancelled the job: its status stays as the platform wrote it; unfinished attempts are failed
+    /// with `CancellationError`.
+    Cancelled,
+    /// `running` → `queued` (worker shutdown): unfinished attempts go back to `queued` too.
+    Released,
+}
+
+/// Write a claimed job's end in one fenced transaction, and let go of its claim. Returns false when the job was no
+/// longer in the state expected (e.g. the platform cancelled it at the last moment); nothing is overwritten then.
+pub async fn finish_job(
+    db: &DatabaseConnection,
+    job_id: Uuid,
+    finish: &Finish,
+    fence: Option<&Claim>,
+) -> Result<bool, FenceError> {
+    let txn = fenced(db, fence).await?;
+    let changed = match finish {
+        Finish::Completed => {
+            transition_job(&txn, job_id, JobStatus::Running, JobStatus::Completed, None).await?
+        }
+        Finish::Failed {
+            message,
+            error_type,
+        } => {
+            let changed = transition_job(
+                &txn,
+                job_id,
+                JobStatus::Running,
+                JobStatus::Failed,
+                Some(message),
+            )
+            .await?
+                || transition_job(
+                    &txn,
+                    job_id,
+                    JobStatus::Queued,
+                    JobStatus::Failed,
+                    Some(message),
+                )
+                .await?;
+            fail_unfinished_attempts(&txn, job_id, error_type, message).await?;
+            changed
+        }
+        Finish::Cancelled => {
+            fail_unfinished_attempts(
+                &txn,
+                job_id,
+                "CancellationError",
+                "the job was cancelled before this attempt ran",
+            )
+            .await?;
+            true
+        }
+        Finish::Released => {
+            attempt::Entity::update_many()
+                .col_expr(
+                    attempt::Column::Status,
+                    Expr::value(AttemptStatus::Queued.as_str()),
+                )
+                .col_expr(
+                    attempt::Column::StartedAt,
+                    Expr::value(Option::<DateTime<chrono::FixedOffset>>::None),
+                )
+                .filter(attempt::Column::JobId.eq(job_id))
+                .filter(attempt::Column::Status.eq(AttemptStatus::Running))
+                .exec(&txn)
+                .await?;
+            transition_job(&txn, job_id, JobStatus::Running, JobStatus::Queued, None).await?
+        }
+    };
+    if let Some(claim) = fence {
+        claims::let_go(&txn, claim).await?;
+    }
+    txn.commit().await?;
+    Ok(changed)
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use entity::attempt::AttemptStatus;
-use entity::job::{self, JobStatus};
+use entity::job;
 use sea_orm::{DatabaseConnection, DbErr};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -16,8 +16,9 @@ use uuid::Uuid;
 
 use crate::attempt::runner::{self, AttemptRunner};
 use crate::attempt::{self, AttemptContext, AttemptId, AttemptOutcome, humanize};
+use crate::claims::{Claim, FenceError, LeaseLost, Leases};
 use crate::config::Config;
-use crate::db;
+use crate::db::{self, Finish};
 use crate::layers::Elapsed;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::stop::{Stop, StopReason};
@@ -62,6 +63,18 @@ pub enum JobError {
     /// The job was stopped (see its [`Stop`]) before it could finish.
     #[error("the job was stopped")]
     Stopped,
+    /// This worker no longer holds the job.
+    #[error(transparent)]
+    LeaseLost(#[from] LeaseLost),
+}
+
+impl From<FenceError> for JobError {
+    fn from(e: FenceError) -> Self {
+        match e {
+            FenceError::LeaseLost(lost) => JobError::LeaseLost(lost),
+            FenceError::Db(db) => JobError::Database(db),
+        }
+    }
 }
 
 /// What a job's run ended with.
@@ -90,12 +103,32 @@ pub struct Worker {
     /// Cancelled when the worker must stop its jobs now (the shutdown grace period is over): every running job
     /// stops its attempts and goes back to the queue.
     pub hard_stop: CancellationToken,
+    /// Present when claims go through the database's claim tables (PostgreSQL: several workers may share it).
+    pub coordination: Option<Coordination>,
+}
+
+/// This worker's identity and leases in a database shared with other workers.
+#[derive(Clone)]
+pub struct Coordination {
+    /// A fresh id per process start.
+    pub worker_id: Uuid,
+    /// How long a claim lives without renewal (`WORKER_LEASE_SECS`).
+    pub lease: Duration,
+    /// How often a job may be rescued from a lost worker (`MAX_JOB_RESCUES`).
+    pub max_rescues: i32,
+    /// Claims this process holds.
+    pub leases: Leases,
 }
 
 impl Worker {
     /// Run a job this worker has claimed (status `running`) to its end, recording everything. Errors that stop the
     /// job fail it with a readable `error_message`; only database failures while doing so are returned.
-    pub async fn run_claimed(&self, job: job::Model, stop: Stop) -> Result<JobSummary, DbErr> {
+    pub async fn run_claimed(
+        &self,
+        job: job::Model,
+        stop: Stop,
+        fence: Option<Claim>,
+    ) -> Result<JobSummary, DbErr> {
         let job_id = job.id;
         let scratch = scratch_dir(&self.config, job_id);
         let done = CancellationToken::new();
@@ -108,7 +141,7 @@ impl Worker {
         ));
         // Ends the watcher even when this future is dropped (the job's timeout layer gave up on it).
         let done_guard = done.drop_guard();
-        let result = self.process(&job, &scratch, &stop).await;
+        let result = self.process(&job, &scratch, &stop, fence).await;
         drop(done_guard);
         let _ = watcher.await;
         if let Err(e) = tokio::fs::remove_dir_all(&scratch).await
@@ -119,61 +152,47 @@ impl Worker {
         let (attempts, error) = match result {
             Ok(attempts) => (attempts, None),
             Err(JobError::Database(e)) => return Err(e),
-            Err(JobError::Stopped) => (Vec::new(), None),
+            Err(JobError::Stopped | JobError::LeaseLost(_)) => (Vec::new(), None),
             Err(e) => (Vec::new(), Some(e)),
         };
         let stopped = stop.reason();
-        match (stopped, error) {
-            (Some(StopReason::Cancelled), _) => {
-                db::fail_unfinished_attempts(
-                    &self.db,
+        let finish = match (stopped, error) {
+            (Some(StopReason::LeaseLost), _) => {
+                tracing::warn!(job = %job_id, "lost the job's lease; another worker may run it: writing nothing more");
+                return Ok(JobSummary {
                     job_id,
-                    "CancellationError",
-                    "the job was cancelled before this attempt ran",
-                )
-                .await?;
-                tracing::info!(job = %job_id, "job cancelled; its status is left as the platform set it");
+                    attempts,
+                    stopped,
+                });
             }
-            (Some(StopReason::Shutdown), _) => {
-                if db::transition_job(
-                    &self.db,
-                    job_id,
-                    JobStatus::Running,
-                    JobStatus::Queued,
-                    None,
-                )
-                .await?
-                {
-                    tracing::info!(job = %job_id, "job released back to the queue");
-                }
-            }
-            (Some(StopReason::JobTimeout), _) => {
-                let message = sentence(&format!(
+            (Some(StopReason::Cancelled), _) => Finish::Cancelled,
+            (Some(StopReason::Shutdown), _) => Finish::Released,
+            (Some(StopReason::JobTimeout), _) => Finish::Failed {
+                message: sentence(&format!(
                     "the job took longer than its limit of {}",
                     humanize(self.config.job_timeout)
-                ));
-                db::fail_job(&self.db, job_id, &message).await?;
-                db::fail_unfinished_attempts(&self.db, job_id, "TimeoutError", &message).await?;
-            }
+                )),
+                error_type: "TimeoutError",
+            },
             (None, Some(e)) => {
                 let message = sentence(&e.to_string());
                 tracing::warn!(job = %job_id, error = %message, "job failed");
-                db::fail_job(&self.db, job_id, &message).await?;
-                db::fail_unfinished_attempts(&self.db, job_id, "ExecutionError", &message).await?;
-            }
-            (None, None) => {
-                if !db::transition_job(
-                    &self.db,
-                    job_id,
-                    JobStatus::Running,
-                    JobStatus::Completed,
-                    None,
-                )
-                .await?
-                {
-                    tracing::warn!(job = %job_id, "job was no longer running when it finished; leaving its status alone");
+                Finish::Failed {
+                    message,
+                    error_type: "ExecutionError",
                 }
             }
+            (None, None) => Finish::Completed,
+        };
+        match db::finish_job(&self.db, job_id, &finish, fence.as_ref()).await {
+            Ok(true) => tracing::info!(job = %job_id, finish = ?finish, "job finished"),
+            Ok(false) => {
+                tracing::warn!(job = %job_id, "the job was no longer running when it finished; its status is left alone")
+            }
+            Err(FenceError::LeaseLost(e)) => {
+                tracing::warn!(job = %job_id, "{e}; writing nothing more")
+            }
+            Err(FenceError::Db(e)) => return Err(e),
         }
         Ok(JobSummary {
             job_id,
@@ -187,6 +206,7 @@ impl Worker {
         job: &job::Model,
         scratch: &Path,
         stop: &Stop,
+        fence: Option<Claim>,
     ) -> Result<Vec<AttemptOutcome>, JobError> {
         let max = self.config.max_runs_per_job;
         if job.runs_requested < 1 || job.runs_requested > max {
@@ -223,7 +243,8 @@ impl Worker {
         };
         tracing::info!(job = %job.id, image = %image.reference, built = image.built, "environment ready");
 
-        let attempts = db::ensure_attempts(&self.db, job.id, job.runs_requested).await?;
+        let attempts =
+            db::ensure_attempts(&self.db, job.id, job.runs_requested, fence.as_ref()).await?;
         let timeout = attempt::attempt_timeout(self.config.attempt_timeout, &task.spec);
         let ctx = AttemptContext {
             runtime: self.runtime.clone(),
@@ -236,6 +257,7 @@ impl Worker {
             attempt_timeout: timeout,
             scratch_root: scratch.join("attempts"),
             stop: stop.clone(),
+            fence,
         };
         let tracker = TaskTracker::new();
         let stack = runner::stack(
@@ -271,6 +293,10 @@ impl Worker {
             match result {
                 Ok(out) => finished.push(out),
                 Err(e) if e.is::<Elapsed>() => {}
+                Err(e) if e.is::<LeaseLost>() => {
+                    stop.stop(StopReason::LeaseLost);
+                    return Err(JobError::Stopped);
+                }
                 Err(e) => match e.downcast::<DbErr>() {
                     Ok(db_err) => return Err(JobError::Database(*db_err)),
                     Err(other) => return Err(JobError::Internal(other.to_string())),

@@ -17,10 +17,12 @@
 #![forbid(unsafe_code)]
 
 pub mod attempt;
+pub mod claims;
 pub mod config;
 pub mod db;
 pub mod job;
 pub mod layers;
+pub mod listener;
 pub mod pipeline;
 pub mod poller;
 pub mod runtime;

@@ -121,7 +121,7 @@ async fn dispatch(command: Command, config: Config) -> eyre::Result<i32> {
             }
             let worker = setup::worker(&config, Mode::Daemon).await?;
             let shutdown = CancellationToken::new();
-            tokio::spawn(signals(shutdown.clone()));
+            tokio::spawn(signals(shutdown.clone(), worker.clone()));
             poller::run(worker, shutdown, Duration::from_secs(shutdown_grace_secs)).await?;
             tracing::info!("worker stopped");
             Ok(0)
@@ -174,7 +174,7 @@ async fn dispatch(command: Command, config: Config) -> eyre::Result<i32> {
     }
 }
 
-async fn signals(shutdown: CancellationToken) {
+async fn signals(shutdown: CancellationToken, worker: Worker) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -192,7 +192,19 @@ async fn signals(shutdown: CancellationToken) {
         _ = term.recv() => {},
         _ = int.recv() => {},
     }
-    tracing::warn!("second signal: exiting at once");
+    tracing::warn!("second signal: releasing this worker's jobs and exiting at once");
+    let release = poller::release_everything(&worker, Default::default());
+    if tokio::time::timeout(Duration::from_secs(5), release)
+        .await
+        .is_err()
+    {
+        tracing::error!(
+            "releasing jobs took longer than 5 s; their leases will expire and another worker rescues them"
+        );
+    }
+    if let Some(co) = &worker.coordination {
+        let _ = terminal_bench_worker::claims::worker_stopped(&worker.db, co.worker_id).await;
+    }
     std::process::exit(130);
 }
 
@@ -218,7 +230,7 @@ async fn run(config: Config, path: PathBuf, runs: i32) -> eyre::Result<i32> {
     let job_id = job.id;
     let w = worker.clone();
     let mut handle = tokio::spawn(async move {
-        w.run_claimed(job, terminal_bench_worker::stop::Stop::new())
+        w.run_claimed(job, terminal_bench_worker::stop::Stop::new(), None)
             .await
     });
 

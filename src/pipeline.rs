@@ -27,6 +27,7 @@ use tower::util::BoxCloneService;
 use tower::{BoxError, Service, ServiceBuilder};
 use uuid::Uuid;
 
+use crate::claims;
 use crate::db;
 use crate::job::{JobSummary, Worker};
 use crate::layers::{
@@ -93,17 +94,44 @@ impl Service<JobRequest> for AttemptFanout {
             if draining.is_cancelled() {
                 return Err(ShuttingDown(job.id).into());
             }
-            if !db::claim_job(&worker.db, job.id).await? {
-                return Err(NotQueued(job.id).into());
-            }
-            tracing::info!(job = %job.id, task = %job.task_name, runs = job.runs_requested, "job started");
             let stop = Stop::new();
+            // Entered before the claim, so the heartbeat never takes a fresh claim for an orphan; left when this
+            // future ends, however it ends.
+            let _registered = worker.coordination.as_ref().map(|co| {
+                co.leases.reserve(job.id);
+                Forget(co.leases.clone(), job.id)
+            });
+            let fence = match &worker.coordination {
+                Some(co) => {
+                    let limits = claims::Limits {
+                        max_jobs: worker.config.max_concurrent_jobs,
+                        max_active_per_owner: worker.config.max_active_jobs_per_user,
+                    };
+                    let claim =
+                        claims::claim(&worker.db, co.worker_id, job.id, limits, co.lease).await??;
+                    co.leases.hold(claim, stop.clone());
+                    Some(claim)
+                }
+                None if db::claim_job(&worker.db, job.id).await? => None,
+                None => return Err(NotQueued(job.id).into()),
+            };
+            tracing::info!(job = %job.id, task = %job.task_name, runs = job.runs_requested, epoch = fence.map(|c| c.epoch),
+                "job started");
             // If the timeout layer drops this future, the job's attempts learn why and stop.
             let guard = stop.guard(StopReason::JobTimeout);
-            let summary = worker.run_claimed(job, stop).await?;
+            let summary = worker.run_claimed(job, stop, fence).await?;
             guard.disarm();
             Ok(summary)
         })
+    }
+}
+
+/// Takes a job out of the lease registry when dropped.
+struct Forget(claims::Leases, Uuid);
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        self.0.forget(self.1);
     }
 }
 

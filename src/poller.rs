@@ -7,20 +7,25 @@
 //! and go back to `queued` (finished attempts are kept; the next run does only the others).
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use entity::job::JobStatus;
 use sea_orm::DbErr;
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tower::{BoxError, ServiceExt};
 use uuid::Uuid;
 
 use crate::attempt::humanize;
+use crate::claims;
 use crate::db;
 use crate::job::{Worker, scratch_dir};
 use crate::layers::{Elapsed, UserQueueFull};
+use crate::listener;
 use crate::pipeline::{self, AttemptFanout, JobPipeline, JobRequest, NotQueued, ShuttingDown};
+use crate::stop::StopReason;
 
 /// How long running jobs may take to finish after a shutdown signal.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -91,8 +96,8 @@ impl Poller {
         let Err(e) = result else { return };
         if e.is::<UserQueueFull>() {
             tracing::debug!(job = %id, "the owner's waiting room is full; the job stays queued for a later poll");
-        } else if e.is::<NotQueued>() || e.is::<ShuttingDown>() {
-            tracing::info!(job = %id, reason = %e, "job not started");
+        } else if e.is::<NotQueued>() || e.is::<ShuttingDown>() || e.is::<claims::Refused>() {
+            tracing::debug!(job = %id, reason = %e, "job not started now; it stays queued");
         } else if e.is::<Elapsed>() {
             let (db, config) = (self.worker.db.clone(), self.worker.config.clone());
             tokio::spawn(async move {
@@ -162,19 +167,31 @@ impl Poller {
             }
         }
         self.tasks.abort_all();
-        for id in std::mem::take(&mut self.held) {
-            let _ = self.worker.runtime.remove_leftovers(Some(id)).await;
-            if let Ok(true) = db::transition_job(
-                &self.worker.db,
-                id,
-                JobStatus::Running,
-                JobStatus::Queued,
-                None,
-            )
-            .await
-            {
-                tracing::warn!(job = %id, "job released back to the queue after it did not stop in time");
-            }
+        release_everything(&self.worker, std::mem::take(&mut self.held)).await;
+    }
+}
+
+/// Put every job this worker still holds back to `queued` and remove its containers (used when jobs did not stop in
+/// time, and on a second signal).
+pub async fn release_everything(worker: &Worker, held: HashSet<Uuid>) {
+    let claimed = worker
+        .coordination
+        .as_ref()
+        .map(|co| co.leases.held())
+        .unwrap_or_default();
+    for (claim, _) in &claimed {
+        if let Ok(true) = claims::release(&worker.db, claim).await {
+            tracing::warn!(job = %claim.job_id, "job released back to the queue");
+        }
+    }
+    for id in held.iter().chain(claimed.iter().map(|(c, _)| &c.job_id)) {
+        let _ = worker.runtime.remove_leftovers(Some(*id)).await;
+        if worker.coordination.is_none()
+            && let Ok(true) =
+                db::transition_job(&worker.db, *id, JobStatus::Running, JobStatus::Queued, None)
+                    .await
+        {
+            tracing::warn!(job = %id, "job released back to the queue");
         }
     }
 }
@@ -188,14 +205,29 @@ pub async fn run(
     sweep_leftovers(&worker).await;
     tracing::info!(
         runtime = %worker.runtime.describe(),
+        worker = ?worker.coordination.as_ref().map(|c| c.worker_id),
         poll_ms = worker.config.poll_interval.as_millis() as u64,
         max_jobs = worker.config.max_concurrent_jobs,
         max_active_per_user = worker.config.max_active_jobs_per_user,
         max_waiting_per_user = worker.config.max_queued_jobs_per_user,
         "worker started"
     );
+    let poke = Arc::new(Notify::new());
+    let background = CancellationToken::new();
+    let mut helpers = JoinSet::new();
+    if worker.coordination.is_some() {
+        helpers.spawn(maintain(worker.clone(), poke.clone(), background.clone()));
+        if let Some(url) = worker.config.database_url.clone() {
+            helpers.spawn(listener::run(
+                worker.clone(),
+                url,
+                poke.clone(),
+                background.clone(),
+            ));
+        }
+    }
     let interval = worker.config.poll_interval;
-    let mut poller = Poller::new(worker);
+    let mut poller = Poller::new(worker.clone());
     loop {
         if let Err(e) = poller.poll_once().await {
             tracing::warn!(error = %e, "polling for jobs failed; will retry");
@@ -206,12 +238,72 @@ pub async fn run(
             tokio::select! {
                 _ = shutdown.cancelled() => {
                     poller.drain(grace).await;
+                    background.cancel();
+                    while helpers.join_next().await.is_some() {}
+                    if let Some(co) = &worker.coordination {
+                        let _ = claims::worker_stopped(&worker.db, co.worker_id).await;
+                    }
                     return Ok(());
                 }
                 _ = &mut sleep => break,
+                _ = poke.notified() => break,
                 // A finished job may free the owner's turn for a job that was refused: look again at once.
                 _ = poller.next_done() => break,
             }
+        }
+    }
+}
+
+/// Every third of the lease: renew this worker's claims (and stop jobs whose claim is gone), give back claims whose
+/// run ended without a final write, and rescue jobs of lost workers.
+async fn maintain(worker: Worker, poke: Arc<Notify>, stop: CancellationToken) {
+    let Some(co) = worker.coordination.clone() else {
+        return;
+    };
+    let period = co.lease / 3;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+        let ids = co.leases.job_ids();
+        match claims::heartbeat(&worker.db, co.worker_id, &ids, co.lease).await {
+            Ok(renewed) => {
+                for (claim, job_stop) in co.leases.held() {
+                    if !renewed.contains(&claim) {
+                        tracing::warn!(job = %claim.job_id, epoch = claim.epoch, "the job's lease is lost; stopping it here");
+                        job_stop.stop(StopReason::LeaseLost);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "heartbeat failed; claims expire if this lasts longer than the lease");
+                continue;
+            }
+        }
+        match claims::release_orphans(&worker.db, co.worker_id, &ids).await {
+            Ok(released) if !released.is_empty() => {
+                tracing::warn!(jobs = ?released, "released claims whose run had ended without a final write");
+                poke.notify_one();
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not release orphaned claims"),
+        }
+        match claims::rescue_expired(&worker.db, co.max_rescues).await {
+            Ok(rescued) if !rescued.is_empty() => {
+                for r in &rescued {
+                    if r.gave_up {
+                        tracing::error!(job = %r.job_id, rescues = r.rescues, "job lost its worker too often; failed");
+                    } else {
+                        tracing::warn!(job = %r.job_id, rescues = r.rescues, "rescued a job whose worker was lost");
+                    }
+                    // Leftovers of the lost worker on this Docker host, if it shared it.
+                    let _ = worker.runtime.remove_leftovers(Some(r.job_id)).await;
+                }
+                poke.notify_one();
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not rescue expired claims"),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use eyre::{WrapErr, eyre};
 
 use crate::config::Config;
-use crate::job::Worker;
+use crate::job::{Coordination, Worker};
 use crate::runtime::Runtime;
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::local::LocalRuntime;
@@ -86,12 +86,29 @@ pub async fn worker(config: &Config, mode: Mode) -> eyre::Result<Worker> {
         }
         Err(_) => Arc::new(LocalRuntime::detect()),
     };
+    // Claims, leases and rescue live in PostgreSQL; the embedded default is one process and needs none.
+    let coordination = match db.get_database_backend() {
+        sea_orm::DbBackend::Postgres => {
+            let worker_id = uuid::Uuid::new_v4();
+            let hostname = gethostname::gethostname().to_string_lossy().into_owned();
+            crate::claims::register_worker(&db, worker_id, &hostname, std::process::id()).await?;
+            tracing::info!(worker = %worker_id, host = %hostname, pid = std::process::id(), "worker identity");
+            Some(Coordination {
+                worker_id,
+                lease: config.lease,
+                max_rescues: config.max_rescues,
+                leases: Default::default(),
+            })
+        }
+        _ => None,
+    };
     Ok(Worker {
         db,
         store,
         runtime,
         config: Arc::new(config.clone()),
         hard_stop: Default::default(),
+        coordination,
     })
 }
 

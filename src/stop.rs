@@ -14,6 +14,8 @@ pub enum StopReason {
     JobTimeout,
     /// The worker is shutting down: the job goes back to the queue.
     Shutdown,
+    /// This worker lost the job's lease (another worker may run it now): stop and write nothing more.
+    LeaseLost,
 }
 
 /// A cancellation token with a reason.

@@ -106,7 +106,10 @@ async fn migrations_create_the_platform_tables_on_an_empty_database() {
         .await
         .unwrap();
     assert_eq!(
-        db::ensure_attempts(&conn, job.id, 2).await.unwrap().len(),
+        db::ensure_attempts(&conn, job.id, 2, None)
+            .await
+            .unwrap()
+            .len(),
         2
     );
 }
@@ -158,4 +161,37 @@ async fn migrations_adopt_tables_the_platform_already_created() {
             .task_name,
         "new"
     );
+}
+
+#[tokio::test]
+async fn worker_tables_trigger_and_unique_attempts_are_installed() {
+    let t = fresh_database().await;
+    let conn = db::connect(&t.url).await.unwrap();
+    db::migrate(&conn).await.unwrap();
+    for table in ["tbw_workers", "tbw_claims", "tbw_owner_turns"] {
+        assert!(!columns(&conn, table).await.is_empty(), "{table} missing");
+    }
+    let job = db::insert_job(&conn, "t", 1, "s3://b/k.zip", None)
+        .await
+        .unwrap();
+    db::ensure_attempts(&conn, job.id, 1, None).await.unwrap();
+    let duplicate = conn
+        .execute_unprepared(&format!(
+            "INSERT INTO attempts (job_id, index, status) VALUES ('{}', 0, 'queued')",
+            job.id
+        ))
+        .await;
+    assert!(
+        duplicate.is_err(),
+        "a second attempt with the same index must be refused"
+    );
+    // ensure_attempts continues where it stopped instead of adding rows.
+    assert_eq!(
+        db::ensure_attempts(&conn, job.id, 1, None)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(db::attempts_of(&conn, job.id).await.unwrap().len(), 1);
 }

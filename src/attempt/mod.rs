@@ -47,8 +47,10 @@ pub struct AttemptContext {
     pub attempt_timeout: Duration,
     /// Host folder for this job's attempts' scratch space.
     pub scratch_root: PathBuf,
-    /// The job's stop signal (cancelled by the platform, job deadline, worker shutdown).
+    /// The job's stop signal (cancelled by the platform, job deadline, worker shutdown, lease lost).
     pub stop: Stop,
+    /// The job's claim, presented with every write (fencing); `None` in the embedded default.
+    pub fence: Option<crate::claims::Claim>,
 }
 
 /// The deadline of one attempt: `HARBOR_TIMEOUT_MS`, or less when `task.toml` bounds the agent: its agent and verifier
@@ -125,6 +127,10 @@ pub async fn run_attempt(
             ErrorType::TimeoutError,
             "the job ran past its time limit while this attempt ran",
         ),
+        Some(Interrupted::Job(StopReason::LeaseLost)) => out.fail(
+            ErrorType::ExecutionError,
+            "this worker lost the job's lease; another worker runs it",
+        ),
         Some(Interrupted::Job(StopReason::Shutdown)) => out.fail(
             ErrorType::ExecutionError,
             "the worker shut down while this attempt ran; it will run again",
@@ -142,7 +148,7 @@ pub async fn run_attempt(
     let keep_logs = !matches!(
         interrupted,
         Some(Interrupted::Job(
-            StopReason::Cancelled | StopReason::Shutdown
+            StopReason::Cancelled | StopReason::Shutdown | StopReason::LeaseLost
         ))
     );
 

@@ -75,15 +75,25 @@ impl Service<AttemptId> for AttemptRunner {
         let deadline = CancellationToken::new();
         let (ctx, db, token) = (self.ctx.clone(), self.db.clone(), deadline.clone());
         let handle = self.tracker.spawn(async move {
-            db::attempt_started(&db, id.id).await?;
+            let fence = ctx.fence.as_ref();
+            db::attempt_started(&db, id.id, fence)
+                .await
+                .map_err(fence_error)?;
             let (out, interrupted) = run_attempt(&ctx, id, token).await;
             tracing::info!(attempt = id.index, status = out.status.as_str(),
                 tests = %format!("{}/{}", out.tests_passed, out.tests_total), "attempt finished");
-            if interrupted == Some(Interrupted::Job(StopReason::Shutdown)) {
+            match interrupted {
+                // Another worker holds the job now: nothing of this run may be written.
+                Some(Interrupted::Job(StopReason::LeaseLost)) => {}
                 // Not an outcome: the attempt runs again when the job is taken up again.
-                db::release_attempt(&db, id.id).await?;
-            } else {
-                db::record_outcome(&db, ctx.job_id, &out, ORACLE).await?;
+                Some(Interrupted::Job(StopReason::Shutdown)) => {
+                    db::release_attempt(&db, id.id, fence)
+                        .await
+                        .map_err(fence_error)?
+                }
+                _ => db::record_outcome(&db, ctx.job_id, &out, ORACLE, fence)
+                    .await
+                    .map_err(fence_error)?,
             }
             Ok(out)
         });
@@ -91,6 +101,14 @@ impl Service<AttemptId> for AttemptRunner {
             handle,
             _deadline: deadline.drop_guard(),
         }
+    }
+}
+
+/// Keep the two kinds of fenced-write failure distinguishable by type for the job.
+fn fence_error(e: crate::claims::FenceError) -> BoxError {
+    match e {
+        crate::claims::FenceError::LeaseLost(lost) => Box::new(lost),
+        crate::claims::FenceError::Db(db) => Box::new(db),
     }
 }
 

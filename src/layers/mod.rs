@@ -54,13 +54,15 @@
 //!
 //! and each position is chosen for a reason:
 //!
-//! - **FairQueue in front of the global limit.** A buffer in front of a limit adds to what is in flight unless the
-//!   buffer waits for the limit: the fair queue's worker dispatches only when the limit is ready, so requests beyond
-//!   the global limit wait *in the fair queue*, where the worker can still choose which key goes next. Behind the
-//!   limit, the queue would only ever see requests that already hold a global slot and could not be fair.
-//! - **PerUserLimit first.** It refuses a key's request once that key has `max_active + max_waiting` requests, before
-//!   the request takes any fair-queue capacity, so one key's backlog never occupies more of the fair queue than its
-//!   waiting bound, and other keys always find room.
+//! - **`FairQueue` in front of the global limit.** A buffer adds its capacity to what the stack has accepted; in front
+//!   of the limit it does not add to what runs: the fair queue's worker dispatches only when the limit is ready, so
+//!   requests beyond the global limit wait *in the fair queue*, where the worker still chooses which key goes next.
+//!   Behind the limit, requests would wait for the limit's permits first come, first served, and the queue would only
+//!   ever see requests that already hold a slot.
+//! - **`PerUserLimit` first.** A key's requests beyond its `max_active` wait in the per-user limit, not in the fair
+//!   queue, and those beyond `max_waiting` more are refused at once. So one key's backlog takes at most `max_active`
+//!   places of the fair queue's capacity and cannot crowd out other keys; behind the queue, a burst from one key would
+//!   fill the queue before any per-key rule applied.
 //! - **Trace inside the global limit.** The span covers the work, not the wait for a slot; its elapsed time is the
 //!   service's time.
 //! - **Timeout inside the global limit.** Time spent queueing does not count against a request's deadline; a request
@@ -97,14 +99,13 @@ mod tests {
     //! Pins the order documented in the module docs.
 
     use super::*;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
     use tokio::time::Instant;
     use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 
     #[derive(Debug, Clone)]
-    struct Req(&'static str);
+    struct Req(&'static str, u32);
 
     impl Keyed for Req {
         type Key = &'static str;
@@ -113,70 +114,89 @@ mod tests {
         }
     }
 
-    /// With the documented order, queueing time does not count against the timeout, requests beyond the global limit
-    /// wait in the fair queue (never more than the limit in flight), and per-key refusals happen before the queue.
+    /// In the documented order, per-key refusals happen before the queue; requests beyond the global limit wait in
+    /// the fair queue, so they are dispatched round-robin (behind the limit they would be served first come, first
+    /// served: a1 a2 a3 b1 c1) and never more than the limit is in flight; and queueing time does not count against
+    /// the timeout (in front of the limit, every request that waited over 100 ms would fail with `Elapsed`).
     #[tokio::test(start_paused = true)]
-    async fn documented_order_queues_before_the_limit_and_times_out_inside_it() {
-        let in_flight = Arc::new(AtomicUsize::new(0));
-        let peak = Arc::new(AtomicUsize::new(0));
+    async fn documented_order_is_fair_bounded_and_times_only_the_work() {
+        let served = Arc::new(Mutex::new(Vec::new()));
+        let in_flight = Arc::new(Mutex::new((0, 0))); // (now, peak)
         let service = {
-            let (in_flight, peak) = (in_flight.clone(), peak.clone());
+            let (served, in_flight) = (served.clone(), in_flight.clone());
             service_fn(move |req: Req| {
-                let (in_flight, peak) = (in_flight.clone(), peak.clone());
+                served.lock().unwrap().push(format!("{}{}", req.0, req.1));
+                let in_flight = in_flight.clone();
                 async move {
-                    let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-                    peak.fetch_max(now, Ordering::SeqCst);
+                    {
+                        let mut in_flight = in_flight.lock().unwrap();
+                        in_flight.0 += 1;
+                        in_flight.1 = in_flight.1.max(in_flight.0);
+                    }
                     tokio::time::sleep(Duration::from_millis(80)).await;
-                    in_flight.fetch_sub(1, Ordering::SeqCst);
-                    Ok::<_, BoxError>(req.0)
+                    in_flight.lock().unwrap().0 -= 1;
+                    Ok::<_, BoxError>(())
                 }
             })
         };
         let stack = ServiceBuilder::new()
-            .layer(PerUserLimitLayer::new(1, 1))
+            .layer(PerUserLimitLayer::new(3, 1))
             .layer(FairQueueLayer::new(16))
             .layer(GlobalConcurrencyLimitLayer::new(1))
             .layer(TraceLayer::keyed("test"))
             .layer(TimeoutLayer::new(Duration::from_millis(100)))
             .service(service);
 
+        let requests = [
+            ("a", 1),
+            ("a", 2),
+            ("a", 3),
+            ("b", 1),
+            ("c", 1),
+            ("a", 4),
+            ("a", 5),
+        ];
         let start = Instant::now();
         let mut calls = Vec::new();
-        for key in ["a", "b", "c", "a", "a"] {
+        for (key, n) in requests {
             let mut svc = stack.clone();
-            let fut = svc
+            let response = svc
                 .ready()
                 .await
                 .expect("PerUserLimit is always ready")
-                .call(Req(key));
-            calls.push(tokio::spawn(async move { (fut.await, Instant::now()) }));
+                .call(Req(key, n));
+            // Spawned inside an async block on purpose: the stack's futures must stay `Send` there.
+            calls.push(tokio::spawn(
+                async move { (response.await, Instant::now()) },
+            ));
         }
         let mut results = Vec::new();
         for call in calls {
             results.push(call.await.expect("request task panicked"));
         }
 
-        // The third "a" exceeded a's 1 active + 1 waiting and was refused before reaching the queue.
-        let refused = results[4]
-            .0
-            .as_ref()
-            .expect_err("third 'a' should be refused");
+        // a5 exceeded a's 3 active + 1 waiting and was refused before taking a place in the queue.
+        let refused = results.pop().unwrap().0.expect_err("a5 should be refused");
         assert!(refused.is::<UserQueueFull>(), "unexpected error: {refused}");
-        // The others all succeeded although the last ones waited 240 ms, longer than the 100 ms timeout.
-        for (result, _) in &results[..4] {
+        for (result, _) in &results {
             assert!(
                 result.is_ok(),
                 "unexpected error: {:?}",
                 result.as_ref().err()
             );
         }
-        let finished: Vec<u128> = results[..4]
+        // In call order a1 a2 a3 b1 c1 a4, finishing 80 ms apart in the order they were served.
+        let finished: Vec<u128> = results
             .iter()
             .map(|(_, at)| (*at - start).as_millis())
             .collect();
-        assert_eq!(finished, [80, 160, 240, 320]);
+        assert_eq!(finished, [80, 320, 400, 160, 240, 480]);
         assert_eq!(
-            peak.load(Ordering::SeqCst),
+            *served.lock().unwrap(),
+            ["a1", "b1", "c1", "a2", "a3", "a4"]
+        );
+        assert_eq!(
+            in_flight.lock().unwrap().1,
             1,
             "the global limit must bound what is in flight"
         );

@@ -117,6 +117,7 @@ pub async fn harness(extra: &[(&str, &str)]) -> Harness {
         runtime: Arc::new(runtime),
         config: Arc::new(config),
         hard_stop: Default::default(),
+        coordination: None,
     };
     Harness {
         worker,

@@ -20,7 +20,7 @@ impl QueueClosed {
 impl fmt::Debug for QueueClosed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("QueueClosed")
-            .field("source", &self.source.as_ref().map(|e| e.to_string()))
+            .field("source", &self.source.as_ref().map(ToString::to_string))
             .finish()
     }
 }

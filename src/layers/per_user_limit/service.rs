@@ -78,10 +78,8 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         let key = request.key();
-        match self
-            .keys
-            .admit(key, self.max_active, self.max_active + self.max_waiting)
-        {
+        let max_admitted = self.max_active.saturating_add(self.max_waiting);
+        match self.keys.admit(key, self.max_active, max_admitted) {
             Some((semaphore, guard)) => {
                 ResponseFuture::admitted(semaphore, guard, self.inner.clone(), request)
             }
