@@ -406,11 +406,14 @@ pub async fn let_go(txn: &impl ConnectionTrait, claim: &Claim) -> Result<(), DbE
 /// the heartbeat never mistakes a fresh claim for an orphan.
 #[derive(Clone, Default)]
 pub struct Leases {
-    inner: Arc<Mutex<HashMap<Uuid, Option<(Claim, Stop)>>>>,
+    inner: Arc<Mutex<LeaseMap>>,
 }
 
+/// Job → its claim and stop signal once claimed (`None` while the claim is being attempted).
+type LeaseMap = HashMap<Uuid, Option<(Claim, Stop)>>;
+
 impl Leases {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Option<(Claim, Stop)>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LeaseMap> {
         self.inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -232,26 +232,21 @@ pub async fn run(
         if let Err(e) = poller.poll_once().await {
             tracing::warn!(error = %e, "polling for jobs failed; will retry");
         }
-        let sleep = tokio::time::sleep(interval);
-        tokio::pin!(sleep);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => {
-                    poller.drain(grace).await;
-                    background.cancel();
-                    while helpers.join_next().await.is_some() {}
-                    if let Some(co) = &worker.coordination {
-                        let _ = claims::worker_stopped(&worker.db, co.worker_id).await;
-                    }
-                    return Ok(());
-                }
-                _ = &mut sleep => break,
-                _ = poke.notified() => break,
-                // A finished job may free the owner's turn for a job that was refused: look again at once.
-                _ = poller.next_done() => break,
-            }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(interval) => {}
+            _ = poke.notified() => {}
+            // A finished job may free the owner's turn for a job that was refused: look again at once.
+            _ = poller.next_done() => {}
         }
     }
+    poller.drain(grace).await;
+    background.cancel();
+    while helpers.join_next().await.is_some() {}
+    if let Some(co) = &worker.coordination {
+        let _ = claims::worker_stopped(&worker.db, co.worker_id).await;
+    }
+    Ok(())
 }
 
 /// Every third of the lease: renew this worker's claims (and stop jobs whose claim is gone), give back claims whose

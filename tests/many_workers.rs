@@ -1,0 +1,446 @@
+//! Several worker processes against one PostgreSQL: exactly-once execution, limits across processes, rescue after
+//! `kill -9`, graceful shutdown, cancellation and instant pickup.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use entity::attempt::AttemptStatus;
+use entity::job::JobStatus;
+use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
+use terminal_bench_worker::{db, submit};
+use uuid::Uuid;
+
+/// A worker process with its own log file (printed when a test fails through `Drop` of the harness, kept on disk).
+struct WorkerProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl WorkerProcess {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_worker(h: &Harness, name: &str, extra: &[(&str, &str)]) -> WorkerProcess {
+    let work = h.work.path().join(name);
+    std::fs::create_dir_all(&work).unwrap();
+    // Kept outside the test's temporary folder so a failed run can be read afterwards.
+    let logs = std::env::temp_dir().join("tbw-worker-logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let log = logs.join(format!("{}-{name}.log", h.test_db.name));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_terminal-bench-worker"));
+    cmd.env_clear().current_dir(&work);
+    for var in ["PATH", "HOME", "DOCKER_HOST"] {
+        if let Some(v) = std::env::var_os(var) {
+            cmd.env(var, v);
+        }
+    }
+    cmd.env("DATABASE_URL", &h.test_db.url)
+        .env("WORKER_WORK_DIR", &work)
+        .env("WORKER_LEASE_SECS", "3")
+        .env("WORKER_POLL_INTERVAL_MS", "1000")
+        .env("DEFAULT_MEMORY_MB", "256")
+        .env("LOG_LEVEL", "info,terminal_bench_worker=debug");
+    for (k, v) in s3_vars(&h.bucket) {
+        cmd.env(k, v);
+    }
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let file = std::fs::File::create(&log).unwrap();
+    cmd.arg("worker").stdout(Stdio::null()).stderr(file);
+    WorkerProcess {
+        child: cmd.spawn().unwrap(),
+        log,
+    }
+}
+
+fn sleepy_task(parent: &Path, seconds: u32) -> PathBuf {
+    write_task(
+        parent,
+        &format!("sleep-{seconds}"),
+        &[
+            ("task.toml", ""),
+            ("environment/Dockerfile", DOCKERFILE),
+            (
+                "solution/solve.sh",
+                &format!("#!/bin/bash\nsleep {seconds}\ntouch /app/done\n"),
+            ),
+            ("tests/test.sh", TEST_DONE),
+        ],
+    )
+}
+
+async fn scalar_i64(db: &DatabaseConnection, sql: &str) -> i64 {
+    let row = db
+        .query_one_raw(Statement::from_string(db.get_database_backend(), sql))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get::<i64>("", "n").unwrap()
+}
+
+async fn add_users(h: &Harness, n: u128) -> Vec<Uuid> {
+    let users: Vec<Uuid> = (1..=n).map(|i| Uuid::from_u128(0xBBBB_0000 + i)).collect();
+    for (i, u) in users.iter().enumerate() {
+        h.db.execute_unprepared(&format!(
+            "INSERT INTO users (id, email, password) VALUES ('{u}', 'w{i}@example.com', 'x')"
+        ))
+        .await
+        .unwrap();
+    }
+    users
+}
+
+async fn wait_until<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_run_thirty_jobs_exactly_once_within_the_limits() {
+    let h = harness(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let task = sleepy_task(dir.path(), 1);
+    let users = add_users(&h, 6).await;
+    let mut jobs = Vec::new();
+    for round in 0..5 {
+        for u in &users {
+            let job = submit::submit(&h.worker, &task, 1 + (round % 2), Some(*u))
+                .await
+                .unwrap();
+            jobs.push(job);
+        }
+    }
+    let workers: Vec<WorkerProcess> = (0..3)
+        .map(|i| spawn_worker(&h, &format!("w{i}"), &[]))
+        .collect();
+
+    let (mut max_total, mut max_per_user) = (0usize, 0usize);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(400);
+    loop {
+        let running = db::running_jobs(&h.db).await.unwrap();
+        let mut per_user: HashMap<Option<Uuid>, usize> = HashMap::new();
+        for j in &running {
+            *per_user.entry(j.owner_id).or_default() += 1;
+        }
+        max_total = max_total.max(running.len());
+        max_per_user = max_per_user.max(per_user.values().copied().max().unwrap_or(0));
+        let left = scalar_i64(
+            &h.db,
+            "SELECT count(*) AS n FROM jobs WHERE status IN ('queued', 'running')",
+        )
+        .await;
+        if left == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{left} jobs still not done; logs:\n{}",
+            workers[0].log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    println!(
+        "30 jobs by 3 workers: at most {max_total} running at once, at most {max_per_user} per user"
+    );
+    assert!(max_total <= 5, "global limit exceeded: {max_total}");
+    assert!(max_per_user <= 1, "per-user limit exceeded: {max_per_user}");
+    for job in &jobs {
+        let done = h.job(job.id).await;
+        assert_eq!(
+            done.status,
+            JobStatus::Completed,
+            "{:?}",
+            done.error_message
+        );
+        assert_eq!(done.runs_completed, job.runs_requested);
+        let attempts = db::attempts_of(&h.db, job.id).await.unwrap();
+        assert_eq!(attempts.len() as i32, job.runs_requested);
+        let indexes: Vec<i32> = attempts.iter().map(|a| a.index).collect();
+        assert_eq!(indexes, (0..job.runs_requested).collect::<Vec<_>>());
+        assert!(attempts.iter().all(|a| a.status == AttemptStatus::Success));
+    }
+    // Claimed once each (epoch 1, bumped to 2 when the claim was let go), never rescued.
+    let claims = scalar_i64(
+        &h.db,
+        "SELECT count(*) AS n FROM tbw_claims WHERE epoch = 2 AND rescues = 0",
+    )
+    .await;
+    assert_eq!(claims, 30, "every job was claimed exactly once");
+    let workers_seen = scalar_i64(&h.db, "SELECT count(*) AS n FROM tbw_workers").await;
+    assert_eq!(workers_seen, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_workers_job_is_rescued_by_another_and_completes() {
+    let h = harness(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let job = submit::submit(&h.worker, &sleepy_task(dir.path(), 6), 2, None)
+        .await
+        .unwrap();
+    let mut a = spawn_worker(&h, "a", &[]);
+    // Only worker a exists until the job runs there.
+    wait_until(Duration::from_secs(120), "the job to run", || async {
+        db::attempts_of(&h.db, job.id)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|a| a.status == AttemptStatus::Running)
+            .count()
+            == 2
+    })
+    .await;
+    let b = spawn_worker(&h, "b", &[]);
+    a.signal("-KILL");
+    a.wait_exit(Duration::from_secs(5));
+    let killed_at = tokio::time::Instant::now();
+    // Rescue: lease (3 s) expires, b takes the job back (epoch bumped, rescues = 1) and runs it again.
+    wait_until(Duration::from_secs(60), "the rescue", || async {
+        scalar_i64(
+            &h.db,
+            &format!(
+                "SELECT count(*) AS n FROM tbw_claims WHERE job_id = '{}' AND rescues = 1",
+                job.id
+            ),
+        )
+        .await
+            == 1
+    })
+    .await;
+    let rescued_after = killed_at.elapsed();
+    let done = h.wait_final(job.id, Duration::from_secs(120)).await;
+    println!(
+        "kill -9: job rescued {rescued_after:?} after the kill, completed {:?} after it",
+        killed_at.elapsed()
+    );
+    assert_eq!(
+        done.status,
+        JobStatus::Completed,
+        "{:?}\nlog b:\n{}",
+        done.error_message,
+        b.log_text()
+    );
+    assert_eq!(done.runs_completed, 2);
+    let attempts = db::attempts_of(&h.db, job.id).await.unwrap();
+    assert_eq!(attempts.len(), 2, "no duplicate attempts");
+    assert!(attempts.iter().all(|a| a.status == AttemptStatus::Success));
+    assert_eq!(
+        scalar_i64(
+            &h.db,
+            "SELECT count(*) AS n FROM jobs WHERE status = 'running'"
+        )
+        .await,
+        0
+    );
+    // The dead worker's containers were on this Docker host: the rescuer removed them.
+    wait_until(
+        Duration::from_secs(10),
+        "leftover containers to go",
+        || async { h.containers_of(job.id).await.is_empty() },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_releases_unfinished_jobs_which_complete_later() {
+    let h = harness(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let slow = submit::submit(&h.worker, &sleepy_task(dir.path(), 60), 2, None)
+        .await
+        .unwrap();
+    let mut w = spawn_worker(&h, "graceful", &[("WORKER_SHUTDOWN_GRACE_SECS", "2")]);
+    wait_until(Duration::from_secs(120), "the job to run", || async {
+        db::attempts_of(&h.db, slow.id)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|a| a.status == AttemptStatus::Running)
+            .count()
+            == 2
+    })
+    .await;
+    let signalled = std::time::Instant::now();
+    w.signal("-TERM");
+    let code = w.wait_exit(Duration::from_secs(30));
+    println!(
+        "SIGTERM: exited with {code:?} after {:?}",
+        signalled.elapsed()
+    );
+    assert_eq!(code, Some(0), "log:\n{}", w.log_text());
+    assert!(signalled.elapsed() < Duration::from_secs(15));
+    let job = h.job(slow.id).await;
+    assert_eq!(job.status, JobStatus::Queued, "released back to the queue");
+    let attempts = db::attempts_of(&h.db, slow.id).await.unwrap();
+    assert!(
+        attempts.iter().all(|a| a.status == AttemptStatus::Queued),
+        "{attempts:?}"
+    );
+    assert_eq!(job.runs_completed, 0);
+    assert!(
+        h.containers_of(slow.id).await.is_empty(),
+        "its containers were removed"
+    );
+    let stopped = scalar_i64(
+        &h.db,
+        "SELECT count(*) AS n FROM tbw_workers WHERE stopped_at IS NOT NULL",
+    )
+    .await;
+    assert_eq!(stopped, 1);
+
+    // Point the job at a quick version of the task so the next worker finishes it fast.
+    let quick = terminal_bench_worker::task::zip_dir(&sleepy_task(dir.path(), 1)).unwrap();
+    let url = h
+        .worker
+        .store
+        .put("tasks/quick.zip", quick.into(), "application/zip")
+        .await
+        .unwrap();
+    h.db.execute_unprepared(&format!(
+        "UPDATE jobs SET zip_object_url = '{url}' WHERE id = '{}'",
+        slow.id
+    ))
+    .await
+    .unwrap();
+    let _next = spawn_worker(&h, "next", &[]);
+    let done = h.wait_final(slow.id, Duration::from_secs(180)).await;
+    assert_eq!(done.status, JobStatus::Completed);
+    assert_eq!(db::attempts_of(&h.db, slow.id).await.unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancellation_reaches_a_worker_process_at_once() {
+    let h = harness(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let job = submit::submit(&h.worker, &sleepy_task(dir.path(), 120), 2, None)
+        .await
+        .unwrap();
+    let w = spawn_worker(&h, "cancel", &[]);
+    wait_until(
+        Duration::from_secs(120),
+        "the containers to run",
+        || async {
+            h.containers_of(job.id).await.len() == 2
+                && db::attempts_of(&h.db, job.id)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .all(|a| a.status == AttemptStatus::Running)
+        },
+    )
+    .await;
+    let cancelled = tokio::time::Instant::now();
+    db::cancel_job(&h.db, job.id).await.unwrap();
+    wait_until(Duration::from_secs(10), "the containers to go", || async {
+        h.containers_of(job.id).await.is_empty()
+    })
+    .await;
+    println!(
+        "cancellation: containers gone {:?} after the platform's update",
+        cancelled.elapsed()
+    );
+    wait_until(
+        Duration::from_secs(20),
+        "the attempts to be marked",
+        || async {
+            db::attempts_of(&h.db, job.id)
+                .await
+                .unwrap()
+                .iter()
+                .all(|a| a.status == AttemptStatus::Failed)
+        },
+    )
+    .await;
+    for a in db::attempts_of(&h.db, job.id).await.unwrap() {
+        assert_eq!(
+            a.metadata.as_ref().unwrap()["errorType"],
+            "CancellationError",
+            "{}",
+            w.log_text()
+        );
+    }
+    let after = h.job(job.id).await;
+    assert_eq!(after.status, JobStatus::Failed);
+    assert_eq!(
+        after.error_message.as_deref(),
+        Some("Job cancelled by user")
+    );
+    assert_eq!(after.runs_completed, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_job_starts_well_before_the_poll_interval() {
+    let h = harness(&[]).await;
+    let w = spawn_worker(&h, "listener", &[("WORKER_POLL_INTERVAL_MS", "5000")]);
+    wait_until(Duration::from_secs(30), "the worker to listen", || async {
+        w.log_text().contains("listening for job notifications")
+    })
+    .await;
+    // Let the first poll pass so the next one is ~5 s away.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let submitted = tokio::time::Instant::now();
+    let job = submit::submit(&h.worker, &example("hello-world"), 1, None)
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(10), "the job to start", || async {
+        h.job(job.id).await.status != JobStatus::Queued
+    })
+    .await;
+    let latency = submitted.elapsed();
+    println!("pickup latency with LISTEN/NOTIFY: {latency:?} (poll interval 5 s)");
+    assert!(
+        latency < Duration::from_millis(2500),
+        "picked up after {latency:?}: {}",
+        w.log_text()
+    );
+    let done = h.wait_final(job.id, Duration::from_secs(120)).await;
+    assert_eq!(done.status, JobStatus::Completed);
+}
