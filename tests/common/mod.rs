@@ -85,7 +85,11 @@ pub struct Harness {
 
 /// Build a harness; `extra` overrides configuration variables.
 pub async fn harness(extra: &[(&str, &str)]) -> Harness {
-    let test_db = fresh_database().await;
+    harness_on(fresh_database().await, extra).await
+}
+
+/// Build a harness on a given database.
+pub async fn harness_on(test_db: TestDb, extra: &[(&str, &str)]) -> Harness {
     let bucket = format!("tbw-test-{}", &Uuid::new_v4().simple().to_string()[..12]);
     let work = tempfile::tempdir().expect("tempdir");
     let mut vars: HashMap<String, String> = s3_vars(&bucket).into_iter().collect();

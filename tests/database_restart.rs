@@ -1,0 +1,184 @@
+//! A PostgreSQL restart while a worker runs a job: the worker reconnects and nothing is lost. The test runs its own
+//! PostgreSQL server (initdb into a temporary folder, on a free port) so restarting it disturbs no other test.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use entity::attempt::AttemptStatus;
+use entity::job::JobStatus;
+use terminal_bench_worker::{db, submit};
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+struct PrivatePostgres {
+    dir: PathBuf,
+    port: u16,
+}
+
+fn as_postgres(args: &str) -> std::process::ExitStatus {
+    Command::new("su")
+        .args(["postgres", "-s", "/bin/sh", "-c", args])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap()
+}
+
+impl PrivatePostgres {
+    fn start() -> PrivatePostgres {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = PathBuf::from(format!("/var/tmp/tbw-pg-{port}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(
+            Command::new("chown")
+                .args(["postgres:postgres", dir.to_str().unwrap()])
+                .status()
+                .unwrap()
+                .success()
+        );
+        assert!(
+            as_postgres(&format!(
+                "{PG_BIN}/initdb -A trust -U postgres -D {}/data",
+                dir.display()
+            ))
+            .success()
+        );
+        let pg = PrivatePostgres { dir, port };
+        pg.up();
+        pg
+    }
+
+    fn ctl(&self, what: &str) -> bool {
+        as_postgres(&format!(
+            "{PG_BIN}/pg_ctl -D {dir}/data -l {dir}/log -w -t 30 -o '-p {port} -k {dir} -c listen_addresses=127.0.0.1' {what}",
+            dir = self.dir.display(),
+            port = self.port
+        ))
+        .success()
+    }
+
+    fn up(&self) {
+        assert!(self.ctl("start"), "private PostgreSQL did not start");
+    }
+
+    fn down(&self) {
+        assert!(self.ctl("-m fast stop"), "private PostgreSQL did not stop");
+    }
+
+    fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = self.ctl("-m immediate stop");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn spawn_worker(h: &Harness, log: &Path) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_terminal-bench-worker"));
+    cmd.env_clear().current_dir(h.work.path());
+    for var in ["PATH", "HOME", "DOCKER_HOST"] {
+        if let Some(v) = std::env::var_os(var) {
+            cmd.env(var, v);
+        }
+    }
+    cmd.env("DATABASE_URL", &h.test_db.url)
+        .env("WORKER_WORK_DIR", h.work.path())
+        .env("WORKER_LEASE_SECS", "3")
+        .env("WORKER_POLL_INTERVAL_MS", "1000")
+        .env("LOG_LEVEL", "info");
+    for (k, v) in s3_vars(&h.bucket) {
+        cmd.env(k, v);
+    }
+    cmd.arg("worker")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    cmd.spawn().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_restart_loses_nothing() {
+    let pg = PrivatePostgres::start();
+    let test_db = TestDb {
+        name: "postgres".into(),
+        url: pg.url("postgres"),
+    };
+    let h = harness_on(test_db, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let task = write_task(
+        dir.path(),
+        "restart",
+        &[
+            ("task.toml", ""),
+            ("environment/Dockerfile", DOCKERFILE),
+            (
+                "solution/solve.sh",
+                "#!/bin/bash\nsleep 4\ntouch /app/done\n",
+            ),
+            ("tests/test.sh", TEST_DONE),
+        ],
+    );
+    let first = submit::submit(&h.worker, &task, 2, None).await.unwrap();
+    let log = std::env::temp_dir().join(format!("tbw-restart-{}.log", pg.port));
+    let mut worker = spawn_worker(&h, &log);
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while db::attempts_of(&h.db, first.id)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|a| a.status == AttemptStatus::Running)
+        .count()
+        < 2
+    {
+        assert!(tokio::time::Instant::now() < deadline, "the job never ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Down for longer than the lease while the attempts finish: their writes fail and must not be lost.
+    pg.down();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    pg.up();
+    // A job submitted after the restart is picked up too (the listener reconnected or polling found it).
+    let second = submit::submit(&h.worker, &task, 1, None).await.unwrap();
+    for job in [&first, &second] {
+        let done = h.wait_final(job.id, Duration::from_secs(180)).await;
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert_eq!(
+            done.status,
+            JobStatus::Completed,
+            "{:?}\n{text}",
+            done.error_message
+        );
+        assert_eq!(done.runs_completed, job.runs_requested);
+        let attempts = db::attempts_of(&h.db, job.id).await.unwrap();
+        assert_eq!(attempts.len() as i32, job.runs_requested, "no duplicates");
+        assert!(
+            attempts.iter().all(|a| a.status == AttemptStatus::Success),
+            "{attempts:?}"
+        );
+    }
+    assert!(db::running_jobs(&h.db).await.unwrap().is_empty());
+    let _ = worker.kill();
+    let _ = worker.wait();
+    println!(
+        "{}",
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("released") || l.contains("rescued"))
+            .take(15)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
