@@ -6,7 +6,7 @@
 //! Shutdown: stop offering and claiming; jobs already running get the grace period to finish; then they are stopped
 //! and go back to `queued` (finished attempts are kept; the next run does only the others).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,7 +39,8 @@ pub struct Poller {
     pipeline: JobPipeline,
     draining: CancellationToken,
     held: HashSet<Uuid>,
-    tasks: JoinSet<(Uuid, Result<(), BoxError>)>,
+    tasks: JoinSet<Result<(), BoxError>>,
+    task_jobs: HashMap<tokio::task::Id, Uuid>,
 }
 
 impl Poller {
@@ -56,6 +57,7 @@ impl Poller {
             draining,
             held: HashSet::new(),
             tasks: JoinSet::new(),
+            task_jobs: HashMap::new(),
         }
     }
 
@@ -71,33 +73,43 @@ impl Poller {
             offered += 1;
             let id = job.id;
             let call = self.pipeline.clone().oneshot(JobRequest { job });
-            self.tasks
-                .spawn(async move { (id, call.await.map(|_| ())) });
+            let handle = self.tasks.spawn(async move { call.await.map(|_| ()) });
+            self.task_jobs.insert(handle.id(), id);
         }
         Ok(offered)
     }
 
     /// Handle jobs whose pipeline call ended.
     fn reap(&mut self) {
-        while let Some(done) = self.tasks.try_join_next() {
+        while let Some(done) = self.tasks.try_join_next_with_id() {
             self.finish(done);
         }
     }
 
-    fn finish(&mut self, done: Result<(Uuid, Result<(), BoxError>), tokio::task::JoinError>) {
-        let (id, result) = match done {
+    /// Forget a finished pipeline call; returns true when a job ran (so a slot may have freed), false when the job
+    /// was only refused (looking again at once would just refuse it again).
+    fn finish(
+        &mut self,
+        done: Result<(tokio::task::Id, Result<(), BoxError>), tokio::task::JoinError>,
+    ) -> bool {
+        let (task, result) = match done {
             Ok(pair) => pair,
             Err(e) => {
                 tracing::error!(error = %e, "a job task crashed");
-                return;
+                (e.id(), Err("crashed".into()))
             }
         };
+        let Some(id) = self.task_jobs.remove(&task) else {
+            return false;
+        };
         self.held.remove(&id);
-        let Err(e) = result else { return };
+        let Err(e) = result else { return true };
         if e.is::<UserQueueFull>() {
             tracing::debug!(job = %id, "the owner's waiting room is full; the job stays queued for a later poll");
+            return false;
         } else if e.is::<NotQueued>() || e.is::<ShuttingDown>() || e.is::<claims::Refused>() {
             tracing::debug!(job = %id, reason = %e, "job not started now; it stays queued");
+            return false;
         } else if e.is::<Elapsed>() {
             let (db, config) = (self.worker.db.clone(), self.worker.config.clone());
             tokio::spawn(async move {
@@ -120,13 +132,20 @@ impl Poller {
         } else {
             tracing::error!(job = %id, error = %e, "the job's run ended with an error");
         }
+        true
     }
 
-    async fn next_done(&mut self) {
-        match self.tasks.join_next().await {
+    /// Wait for the next pipeline call to end; true when a job ran.
+    async fn next_done(&mut self) -> bool {
+        match self.tasks.join_next_with_id().await {
             Some(done) => self.finish(done),
             None => std::future::pending().await,
         }
+    }
+
+    /// Wait until a job that ran ends (refusals are handled on the way).
+    async fn next_finished_job(&mut self) {
+        while !self.next_done().await {}
     }
 
     /// Stop offering and claiming, give running jobs `grace` to finish, then stop them (they go back to the queue).
@@ -237,7 +256,7 @@ pub async fn run(
             _ = tokio::time::sleep(interval) => {}
             _ = poke.notified() => {}
             // A finished job may free the owner's turn for a job that was refused: look again at once.
-            _ = poller.next_done() => {}
+            _ = poller.next_finished_job() => {}
         }
     }
     poller.drain(grace).await;

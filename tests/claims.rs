@@ -1,0 +1,209 @@
+//! The claim protocol against PostgreSQL directly: limits across workers, fairness by owner turns, fencing, rescue.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use sea_orm::{ConnectionTrait, DatabaseConnection};
+use terminal_bench_worker::attempt::AttemptOutcome;
+use terminal_bench_worker::claims::{self, Claim, FenceError, Limits, Refused};
+use terminal_bench_worker::db;
+use uuid::Uuid;
+
+async fn setup() -> (DatabaseConnection, Vec<Uuid>) {
+    let t = fresh_database().await;
+    let conn = db::connect(&t.url).await.unwrap();
+    db::migrate(&conn).await.unwrap();
+    let users: Vec<Uuid> = (1..=3u128)
+        .map(|i| Uuid::from_u128(0xCCCC_0000 + i))
+        .collect();
+    for (i, u) in users.iter().enumerate() {
+        conn.execute_unprepared(&format!(
+            "INSERT INTO users (id, email, password) VALUES ('{u}', 'c{i}@example.com', 'x')"
+        ))
+        .await
+        .unwrap();
+    }
+    (conn, users)
+}
+
+async fn queue(conn: &DatabaseConnection, owner: Uuid) -> Uuid {
+    db::insert_job(conn, "t", 1, "s3://b/t.zip", Some(owner))
+        .await
+        .unwrap()
+        .id
+}
+
+const LEASE: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn claims_respect_global_and_per_owner_limits_and_bump_epochs() {
+    let (conn, users) = setup().await;
+    let (w1, w2) = (Uuid::new_v4(), Uuid::new_v4());
+    let limits = Limits {
+        max_jobs: 2,
+        max_active_per_owner: 1,
+    };
+    let a1 = queue(&conn, users[0]).await;
+    let a2 = queue(&conn, users[0]).await;
+    let b1 = queue(&conn, users[1]).await;
+    let c1 = queue(&conn, users[2]).await;
+
+    let claim = claims::claim(&conn, w1, a1, limits, LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claim.epoch, 1);
+    assert_eq!(
+        claims::claim(&conn, w2, a1, limits, LEASE).await.unwrap(),
+        Err(Refused::NotQueued)
+    );
+    assert_eq!(
+        claims::claim(&conn, w2, a2, limits, LEASE).await.unwrap(),
+        Err(Refused::OwnerBusy {
+            running: 1,
+            limit: 1
+        }),
+        "the owner's limit holds across workers"
+    );
+    claims::claim(&conn, w2, b1, limits, LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        claims::claim(&conn, w1, c1, limits, LEASE).await.unwrap(),
+        Err(Refused::AtCapacity {
+            running: 2,
+            limit: 2
+        }),
+        "the global limit holds across workers"
+    );
+}
+
+#[tokio::test]
+async fn the_owner_who_waited_longest_since_served_goes_first() {
+    let (conn, users) = setup().await;
+    let w = Uuid::new_v4();
+    let limits = Limits {
+        max_jobs: 5,
+        max_active_per_owner: 1,
+    };
+    // User 0 was served a moment ago; user 1 has never been served but queued later than user 0's job.
+    let a = queue(&conn, users[0]).await;
+    let b = queue(&conn, users[1]).await;
+    conn.execute_unprepared(&format!(
+        "INSERT INTO tbw_owner_turns (owner_key, last_served_at) VALUES ('{}', now())",
+        users[0]
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        claims::claim(&conn, w, a, limits, LEASE).await.unwrap(),
+        Err(Refused::NotYourTurn)
+    );
+    claims::claim(&conn, w, b, limits, LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    // Now user 1 is busy (not admissible), so user 0 is next.
+    claims::claim(&conn, w, a, limits, LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_rescued_job_fences_off_its_old_worker() {
+    let (conn, users) = setup().await;
+    let (old, new) = (Uuid::new_v4(), Uuid::new_v4());
+    let limits = Limits {
+        max_jobs: 5,
+        max_active_per_owner: 1,
+    };
+    let job = queue(&conn, users[0]).await;
+    let stale = claims::claim(&conn, old, job, limits, Duration::from_secs(1))
+        .await
+        .unwrap()
+        .unwrap();
+    let attempt = db::ensure_attempts(&conn, job, 1, Some(&stale))
+        .await
+        .unwrap()[0]
+        .clone();
+    db::attempt_started(&conn, attempt.id, Some(&stale))
+        .await
+        .unwrap();
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let rescued = claims::rescue_expired(&conn, 3).await.unwrap();
+    assert_eq!(rescued.len(), 1);
+    assert_eq!(
+        db::find_job(&conn, job)
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+            .as_str(),
+        "queued"
+    );
+    assert_eq!(
+        db::attempts_of(&conn, job).await.unwrap()[0]
+            .status
+            .as_str(),
+        "queued",
+        "unfinished attempts go back too"
+    );
+
+    // The old worker finishes its attempt late: the write is refused and changes nothing.
+    let mut out = AttemptOutcome::new(attempt.id, 0);
+    out.tests_total = 1;
+    out.tests_passed = 1;
+    out.verifier_ran = true;
+    out.finalize_status();
+    let late = db::record_outcome(&conn, job, &out, "oracle", Some(&stale)).await;
+    assert!(matches!(late, Err(FenceError::LeaseLost(_))), "{late:?}");
+    let row = db::find_job(&conn, job).await.unwrap().unwrap();
+    assert_eq!(row.runs_completed, 0);
+
+    // The new owner claims it with a higher epoch and writes normally.
+    let fresh: Claim = claims::claim(&conn, new, job, limits, LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(fresh.epoch > stale.epoch);
+    db::record_outcome(&conn, job, &out, "oracle", Some(&fresh))
+        .await
+        .unwrap();
+    assert_eq!(
+        db::find_job(&conn, job)
+            .await
+            .unwrap()
+            .unwrap()
+            .runs_completed,
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_job_lost_too_often_fails_with_a_message() {
+    let (conn, users) = setup().await;
+    let w = Uuid::new_v4();
+    let limits = Limits {
+        max_jobs: 5,
+        max_active_per_owner: 1,
+    };
+    let job = queue(&conn, users[0]).await;
+    for round in 1..=2 {
+        claims::claim(&conn, w, job, limits, Duration::from_millis(10))
+            .await
+            .unwrap()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let rescued = claims::rescue_expired(&conn, 1).await.unwrap();
+        assert_eq!(rescued[0].rescues, round);
+        assert_eq!(rescued[0].gave_up, round > 1);
+    }
+    let row = db::find_job(&conn, job).await.unwrap().unwrap();
+    assert_eq!(row.status.as_str(), "failed");
+    assert!(row.error_message.unwrap().contains("lost 2 times"));
+}
