@@ -375,3 +375,63 @@ async fn a_job_past_its_deadline_fails_and_leaves_no_containers() {
         "the timeout stays recorded"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_get_the_tasks_limits_and_a_named_local_image_is_used_without_a_dockerfile() {
+    let h = harness(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    // No environment/Dockerfile: the named image is present locally, so it is used as is.
+    let task = write_task(
+        dir.path(),
+        "limits",
+        &[
+            (
+                "task.toml",
+                "[environment]\ndocker_image = \"debian:bookworm-slim\"\nworkdir = \"/work\"\ncpus = 1\nmemory = \"300M\"\nenv = { GREETING = \"hi there\" }\n",
+            ),
+            (
+                "solution/solve.sh",
+                "#!/bin/bash\npwd\necho \"$GREETING\"\ncat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes\ntouch /app/done 2>/dev/null || (mkdir -p /app && touch /app/done)\n",
+            ),
+            ("tests/test.sh", TEST_DONE),
+        ],
+    );
+    let job = submit::submit(&h.worker, &task, 1, None).await.unwrap();
+    let (stop, handle) = h.start_worker();
+    let done = h.wait_final(job.id, Duration::from_secs(120)).await;
+    stop.cancel();
+    handle.await.unwrap();
+    assert_eq!(
+        done.status,
+        JobStatus::Completed,
+        "{:?}",
+        done.error_message
+    );
+    let a = &db::attempts_of(&h.db, job.id).await.unwrap()[0];
+    assert_eq!(a.status, AttemptStatus::Success, "{:?}", a.metadata);
+    let episodes = db::episodes_of(&h.db, a.id).await.unwrap();
+    let output = episodes[0].commands.as_ref().unwrap()[0]["output"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let lines: Vec<&str> = output.lines().collect();
+    assert_eq!(
+        lines[0], "/work",
+        "commands run in the task's workdir: {output}"
+    );
+    assert_eq!(
+        lines[1], "hi there",
+        "the task's env reaches the container: {output}"
+    );
+    assert_eq!(
+        lines[2],
+        (300u64 * 1024 * 1024).to_string(),
+        "memory limit from task.toml: {output}"
+    );
+    let result: serde_json::Value = serde_json::from_str(
+        &h.object_text(&format!("results/{}/attempt-0/result.json", job.id))
+            .await,
+    )
+    .unwrap();
+    assert_eq!(result["environment"]["image"], "debian:bookworm-slim");
+}

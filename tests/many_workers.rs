@@ -444,3 +444,47 @@ async fn a_new_job_starts_well_before_the_poll_interval() {
     let done = h.wait_final(job.id, Duration::from_secs(120)).await;
     assert_eq!(done.status, JobStatus::Completed);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once_and_still_releases_the_job() {
+    let h = harness(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let job = submit::submit(&h.worker, &sleepy_task(dir.path(), 60), 1, None)
+        .await
+        .unwrap();
+    let mut w = spawn_worker(&h, "impatient", &[("WORKER_SHUTDOWN_GRACE_SECS", "60")]);
+    wait_until(Duration::from_secs(120), "the job to run", || async {
+        db::attempts_of(&h.db, job.id)
+            .await
+            .unwrap()
+            .iter()
+            .any(|a| a.status == AttemptStatus::Running)
+    })
+    .await;
+    let signalled = std::time::Instant::now();
+    w.signal("-TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    w.signal("-TERM");
+    let code = w.wait_exit(Duration::from_secs(15));
+    println!(
+        "second signal: exited with {code:?} after {:?}",
+        signalled.elapsed()
+    );
+    // 130 from the signal handler, or 0 when the released job's run ended first and the loop returned normally.
+    assert!(
+        matches!(code, Some(130) | Some(0)),
+        "{code:?}: {}",
+        w.log_text()
+    );
+    assert!(w.log_text().contains("second signal"), "{}", w.log_text());
+    assert!(
+        signalled.elapsed() < Duration::from_secs(10),
+        "a 60 s grace period was cut short"
+    );
+    assert_eq!(
+        h.job(job.id).await.status,
+        JobStatus::Queued,
+        "the claim was released"
+    );
+    assert!(h.containers_of(job.id).await.is_empty());
+}
