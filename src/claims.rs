@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, TransactionTrait, Value,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement,
+    TransactionTrait, Value,
 };
 use uuid::Uuid;
 
@@ -270,11 +271,8 @@ pub async fn release(db: &DatabaseConnection, claim: &Claim) -> Result<bool, DbE
             vec![claim.job_id.into()],
         ))
         .await?;
-        txn.execute_raw(stmt(
-            "UPDATE attempts SET status = 'queued', started_at = NULL WHERE job_id = $1 AND status = 'running'",
-            vec![claim.job_id.into()],
-        ))
-        .await?;
+        crate::db::requeue_running_attempts(&txn, entity::attempt::Column::JobId.eq(claim.job_id))
+            .await?;
     }
     txn.commit().await?;
     Ok(released)
@@ -344,11 +342,8 @@ pub async fn rescue_expired(
                 vec![job_id.into()],
             ))
             .await?;
-            txn.execute_raw(stmt(
-                "UPDATE attempts SET status = 'queued', started_at = NULL WHERE job_id = $1 AND status = 'running'",
-                vec![job_id.into()],
-            ))
-            .await?;
+            crate::db::requeue_running_attempts(&txn, entity::attempt::Column::JobId.eq(job_id))
+                .await?;
         }
         rescued.push(Rescued {
             job_id,

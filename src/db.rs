@@ -218,7 +218,17 @@ pub async fn release_attempt(
     fence: Option<&Claim>,
 ) -> Result<(), FenceError> {
     let txn = fenced(db, fence).await?;
-    attempt::Entity::update_many()
+    requeue_running_attempts(&txn, attempt::Column::Id.eq(id)).await?;
+    txn.commit().await?;
+    Ok(())
+}
+
+/// Running attempts that match `which` go back to `queued` (they run again when their job is taken up again).
+pub async fn requeue_running_attempts(
+    db: &impl ConnectionTrait,
+    which: impl sea_orm::sea_query::IntoCondition,
+) -> Result<u64, DbErr> {
+    let result = attempt::Entity::update_many()
         .col_expr(
             attempt::Column::Status,
             Expr::value(AttemptStatus::Queued.as_str()),
@@ -227,12 +237,11 @@ pub async fn release_attempt(
             attempt::Column::StartedAt,
             Expr::value(Option::<DateTime<chrono::FixedOffset>>::None),
         )
-        .filter(attempt::Column::Id.eq(id))
+        .filter(which)
         .filter(attempt::Column::Status.eq(AttemptStatus::Running))
-        .exec(&txn)
+        .exec(db)
         .await?;
-    txn.commit().await?;
-    Ok(())
+    Ok(result.rows_affected)
 }
 
 /// Write an attempt's outcome, its episodes, and (unless it was cancelled) count it in `runs_completed`, in one
@@ -395,19 +404,7 @@ pub async fn finish_job(
             true
         }
         Finish::Released => {
-            attempt::Entity::update_many()
-                .col_expr(
-                    attempt::Column::Status,
-                    Expr::value(AttemptStatus::Queued.as_str()),
-                )
-                .col_expr(
-                    attempt::Column::StartedAt,
-                    Expr::value(Option::<DateTime<chrono::FixedOffset>>::None),
-                )
-                .filter(attempt::Column::JobId.eq(job_id))
-                .filter(attempt::Column::Status.eq(AttemptStatus::Running))
-                .exec(&txn)
-                .await?;
+            requeue_running_attempts(&txn, attempt::Column::JobId.eq(job_id)).await?;
             transition_job(&txn, job_id, JobStatus::Running, JobStatus::Queued, None).await?
         }
     };

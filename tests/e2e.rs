@@ -24,10 +24,7 @@ async fn hello_world_job_runs_every_attempt_and_records_everything() {
         "{url}"
     );
 
-    let (stop, handle) = h.start_worker();
-    let done = h.wait_final(job.id, Duration::from_secs(180)).await;
-    stop.cancel();
-    handle.await.unwrap();
+    let done = h.run_until_final(job.id, Duration::from_secs(180)).await;
 
     assert_eq!(
         done.status,
@@ -113,10 +110,7 @@ async fn failing_tests_fail_the_attempt_but_complete_the_job() {
     let job = submit::submit(&h.worker, &example("failing-tests"), 1, None)
         .await
         .unwrap();
-    let (stop, handle) = h.start_worker();
-    let done = h.wait_final(job.id, Duration::from_secs(180)).await;
-    stop.cancel();
-    handle.await.unwrap();
+    let done = h.run_until_final(job.id, Duration::from_secs(180)).await;
 
     assert_eq!(done.status, JobStatus::Completed);
     assert_eq!(done.runs_completed, 1);
@@ -146,10 +140,7 @@ async fn python_tests_task_installs_packages_and_reports_each_test() {
     let job = submit::submit(&h.worker, &example("python-tests"), 2, None)
         .await
         .unwrap();
-    let (stop, handle) = h.start_worker();
-    let done = h.wait_final(job.id, Duration::from_secs(600)).await;
-    stop.cancel();
-    handle.await.unwrap();
+    let done = h.run_until_final(job.id, Duration::from_secs(600)).await;
 
     assert_eq!(
         done.status,
@@ -187,10 +178,7 @@ async fn attempts_run_concurrently_up_to_the_per_job_limit() {
     let job = submit::submit(&h.worker, &sleepy_task(dir.path(), 2), 5, None)
         .await
         .unwrap();
-    let (stop, handle) = h.start_worker();
-    let done = h.wait_final(job.id, Duration::from_secs(180)).await;
-    stop.cancel();
-    handle.await.unwrap();
+    let done = h.run_until_final(job.id, Duration::from_secs(180)).await;
     assert_eq!(done.status, JobStatus::Completed);
     assert_eq!(done.runs_completed, 5);
 
@@ -308,10 +296,7 @@ async fn an_agent_timeout_still_runs_the_verifier() {
         ],
     );
     let job = submit::submit(&h.worker, &task, 1, None).await.unwrap();
-    let (stop, handle) = h.start_worker();
-    let done = h.wait_final(job.id, Duration::from_secs(120)).await;
-    stop.cancel();
-    handle.await.unwrap();
+    let done = h.run_until_final(job.id, Duration::from_secs(120)).await;
     assert_eq!(done.status, JobStatus::Completed);
     let a = &db::attempts_of(&h.db, job.id).await.unwrap()[0];
     assert_eq!(a.status, AttemptStatus::Failed);
@@ -397,10 +382,7 @@ async fn containers_get_the_tasks_limits_and_a_named_local_image_is_used_without
         ],
     );
     let job = submit::submit(&h.worker, &task, 1, None).await.unwrap();
-    let (stop, handle) = h.start_worker();
-    let done = h.wait_final(job.id, Duration::from_secs(120)).await;
-    stop.cancel();
-    handle.await.unwrap();
+    let done = h.run_until_final(job.id, Duration::from_secs(120)).await;
     assert_eq!(
         done.status,
         JobStatus::Completed,

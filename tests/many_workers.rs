@@ -130,6 +130,15 @@ async fn add_users(h: &Harness, n: u128) -> Vec<Uuid> {
     users
 }
 
+async fn running_attempts(h: &Harness, job: Uuid) -> usize {
+    db::attempts_of(&h.db, job)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|a| a.status == AttemptStatus::Running)
+        .count()
+}
+
 async fn wait_until<F, Fut>(limit: Duration, what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
@@ -230,13 +239,7 @@ async fn a_killed_workers_job_is_rescued_by_another_and_completes() {
     let mut a = spawn_worker(&h, "a", &[]);
     // Only worker a exists until the job runs there.
     wait_until(Duration::from_secs(120), "the job to run", || async {
-        db::attempts_of(&h.db, job.id)
-            .await
-            .unwrap()
-            .iter()
-            .filter(|a| a.status == AttemptStatus::Running)
-            .count()
-            == 2
+        running_attempts(&h, job.id).await == 2
     })
     .await;
     let b = spawn_worker(&h, "b", &[]);
@@ -299,13 +302,7 @@ async fn sigterm_releases_unfinished_jobs_which_complete_later() {
         .unwrap();
     let mut w = spawn_worker(&h, "graceful", &[("WORKER_SHUTDOWN_GRACE_SECS", "2")]);
     wait_until(Duration::from_secs(120), "the job to run", || async {
-        db::attempts_of(&h.db, slow.id)
-            .await
-            .unwrap()
-            .iter()
-            .filter(|a| a.status == AttemptStatus::Running)
-            .count()
-            == 2
+        running_attempts(&h, slow.id).await == 2
     })
     .await;
     let signalled = std::time::Instant::now();
@@ -454,11 +451,7 @@ async fn a_second_signal_exits_at_once_and_still_releases_the_job() {
         .unwrap();
     let mut w = spawn_worker(&h, "impatient", &[("WORKER_SHUTDOWN_GRACE_SECS", "60")]);
     wait_until(Duration::from_secs(120), "the job to run", || async {
-        db::attempts_of(&h.db, job.id)
-            .await
-            .unwrap()
-            .iter()
-            .any(|a| a.status == AttemptStatus::Running)
+        running_attempts(&h, job.id).await > 0
     })
     .await;
     let signalled = std::time::Instant::now();

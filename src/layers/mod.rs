@@ -94,6 +94,31 @@ pub trait Keyed {
     fn key(&self) -> Self::Key;
 }
 
+/// A keyed request shared by the layers' unit tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::Keyed;
+
+    /// Request number `n` of `user`.
+    #[derive(Debug, Clone, PartialEq)]
+    pub(crate) struct Req {
+        pub(crate) user: &'static str,
+        pub(crate) n: u32,
+    }
+
+    /// Shorthand for [`Req`].
+    pub(crate) fn req(user: &'static str, n: u32) -> Req {
+        Req { user, n }
+    }
+
+    impl Keyed for Req {
+        type Key = &'static str;
+        fn key(&self) -> &'static str {
+            self.user
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! Pins the order documented in the module docs.

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
 use bollard::exec::{CreateExecOptions, StartExecResults};
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::models::{ContainerCreateBody, ContainerSummary, HostConfig};
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder,
     ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, UploadToContainerOptionsBuilder,
@@ -85,22 +85,31 @@ impl DockerRuntime {
 
     /// Containers of this worker still present (optionally of one job).
     pub async fn list_managed(&self, job_id: Option<Uuid>) -> Result<Vec<String>, RuntimeError> {
+        Ok(self
+            .managed_containers(job_id)
+            .await?
+            .into_iter()
+            .filter_map(|c| c.id)
+            .collect())
+    }
+
+    async fn managed_containers(
+        &self,
+        job_id: Option<Uuid>,
+    ) -> Result<Vec<ContainerSummary>, RuntimeError> {
         let mut labels = vec![format!("{LABEL_MANAGED}=true")];
         if let Some(job) = job_id {
             labels.push(format!("{LABEL_JOB}={job}"));
         }
         let filters = HashMap::from([("label".to_string(), labels)]);
-        let list = self
-            .docker
-            .list_containers(Some(
-                ListContainersOptionsBuilder::new()
-                    .all(true)
-                    .filters(&filters)
-                    .build(),
-            ))
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        self.docker
+            .list_containers(Some(options))
             .await
-            .map_err(backend)?;
-        Ok(list.into_iter().filter_map(|c| c.id).collect())
+            .map_err(backend)
     }
 
     async fn image_workdir(&self, reference: &str) -> Result<Option<Option<String>>, RuntimeError> {
@@ -396,17 +405,7 @@ impl Runtime for DockerRuntime {
     }
 
     async fn jobs_with_sandboxes(&self) -> Result<Vec<Uuid>, RuntimeError> {
-        let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_MANAGED}=true")])]);
-        let list = self
-            .docker
-            .list_containers(Some(
-                ListContainersOptionsBuilder::new()
-                    .all(true)
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await
-            .map_err(backend)?;
+        let list = self.managed_containers(None).await?;
         let mut jobs: Vec<Uuid> = list
             .iter()
             .filter_map(|c| c.labels.as_ref()?.get(LABEL_JOB)?.parse().ok())

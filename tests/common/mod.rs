@@ -146,6 +146,15 @@ impl Harness {
         (token, handle)
     }
 
+    /// Run the worker until the job reaches a final status, then stop it.
+    pub async fn run_until_final(&self, id: Uuid, limit: Duration) -> job::Model {
+        let (stop, handle) = self.start_worker();
+        let done = self.wait_final(id, limit).await;
+        stop.cancel();
+        handle.await.expect("worker loop");
+        done
+    }
+
     /// Wait until the job reaches a final status.
     pub async fn wait_final(&self, id: Uuid, limit: Duration) -> job::Model {
         let deadline = tokio::time::Instant::now() + limit;

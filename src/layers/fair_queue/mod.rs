@@ -27,28 +27,13 @@ pub use self::{error::QueueClosed, layer::FairQueueLayer, service::FairQueue};
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layers::{BoxError, Keyed};
+    use crate::layers::BoxError;
     use std::{error::Error, time::Duration};
     use tokio::{task::JoinHandle, time::timeout};
     use tower::{Service, ServiceExt};
     use tower_test::mock::{self, Spawn};
 
-    #[derive(Debug, Clone, PartialEq)]
-    struct Req {
-        user: &'static str,
-        n: u32,
-    }
-
-    fn req(user: &'static str, n: u32) -> Req {
-        Req { user, n }
-    }
-
-    impl Keyed for Req {
-        type Key = &'static str;
-        fn key(&self) -> &'static str {
-            self.user
-        }
-    }
+    use crate::layers::test_support::{Req, req};
 
     type Queue = FairQueue<Req, mock::future::ResponseFuture<&'static str>>;
     type MockHandle = mock::Handle<Req, &'static str>;

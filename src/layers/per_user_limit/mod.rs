@@ -30,22 +30,7 @@ mod tests {
         mock::{self, Mock},
     };
 
-    #[derive(Debug, Clone, PartialEq)]
-    struct Req {
-        user: &'static str,
-        n: u32,
-    }
-
-    fn req(user: &'static str, n: u32) -> Req {
-        Req { user, n }
-    }
-
-    impl Keyed for Req {
-        type Key = &'static str;
-        fn key(&self) -> &'static str {
-            self.user
-        }
-    }
+    use crate::layers::test_support::{Req, req};
 
     type Limited = PerUserLimit<Mock<Req, &'static str>, &'static str>;
     type MockHandle = mock::Handle<Req, &'static str>;
