@@ -31,3 +31,4 @@ pub mod stop;
 pub mod store;
 pub mod submit;
 pub mod task;
+pub mod telemetry;

@@ -13,10 +13,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use terminal_bench_worker::config::{Config, LogFormat};
+use terminal_bench_worker::config::Config;
 use terminal_bench_worker::job::Worker;
 use terminal_bench_worker::setup::{self, Mode};
-use terminal_bench_worker::{db, poller, submit};
+use terminal_bench_worker::{db, poller, submit, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -69,22 +69,6 @@ enum Command {
     Migrate,
 }
 
-fn init_logging(config: &Config, quiet_default: bool) {
-    let level = if quiet_default && std::env::var_os("LOG_LEVEL").is_none() {
-        "warn"
-    } else {
-        &config.log_level
-    };
-    let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match config.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
@@ -97,7 +81,10 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    init_logging(&config, matches!(cli.command, Command::Run { .. }));
+    // `run` draws a progress bar: keep logs to warnings unless LOG_LEVEL says otherwise.
+    let quiet =
+        matches!(cli.command, Command::Run { .. }) && std::env::var_os("LOG_LEVEL").is_none();
+    let telemetry = telemetry::init(&config, quiet.then_some("warn"));
     let code = match dispatch(cli.command, config).await {
         Ok(code) => code,
         Err(e) => {
@@ -105,6 +92,7 @@ async fn main() {
             1
         }
     };
+    telemetry.shutdown().await;
     std::process::exit(code);
 }
 

@@ -17,6 +17,7 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 pub use outcome::{AttemptOutcome, EpisodeRecord, ErrorType, PhaseTiming, TestCase};
@@ -155,7 +156,8 @@ pub async fn run_attempt(
     if let Some(sb) = &sandbox
         && keep_logs
     {
-        let collect = trial::collect(sb.as_ref(), &trial_dir);
+        let collect =
+            trial::collect(sb.as_ref(), &trial_dir).instrument(tracing::info_span!("artifacts"));
         if let Err(e) = tokio::time::timeout(Duration::from_secs(120), collect)
             .await
             .unwrap_or_else(|_| {
@@ -169,7 +171,11 @@ pub async fn run_attempt(
     }
     if let Some(sb) = sandbox {
         let started = Instant::now();
-        if let Err(e) = sb.remove().await {
+        if let Err(e) = sb
+            .remove()
+            .instrument(tracing::info_span!("teardown"))
+            .await
+        {
             tracing::warn!(sandbox = sb.id(), error = %e, "could not remove the attempt's environment; it will be swept later");
         }
         out.timing.teardown = Some(started.elapsed());
@@ -179,7 +185,8 @@ pub async fn run_attempt(
 
     if keep_logs {
         let prefix = format!("results/{}/attempt-{}", ctx.job_id, attempt.index);
-        match trial::write_and_upload(ctx, &out, &trial_dir, &prefix).await {
+        let upload = trial::write_and_upload(ctx, &out, &trial_dir, &prefix);
+        match upload.instrument(tracing::info_span!("upload")).await {
             Ok(url) => out.log_path = Some(url),
             Err(e) => tracing::warn!(error = %e, "could not upload the attempt's trial folder"),
         }
@@ -209,9 +216,9 @@ async fn phases(
     out.started_at = Some(Utc::now());
     let started = Instant::now();
     let (runtime, image, owned_spec) = (ctx.runtime.clone(), ctx.image.clone(), spec.clone());
-    *slot = Slot::Starting(tokio::spawn(async move {
-        runtime.start(&image, &owned_spec).await
-    }));
+    let span = tracing::info_span!("environment");
+    let start = async move { runtime.start(&image, &owned_spec).await };
+    *slot = Slot::Starting(tokio::spawn(start.instrument(span)));
     let result = match slot {
         // Awaiting through `&mut` leaves the handle in the slot if this future is dropped meanwhile.
         Slot::Starting(handle) => match handle.await {
@@ -237,11 +244,15 @@ async fn phases(
     out.container_id = Some(sandbox.id().to_string());
 
     let started = Instant::now();
-    agent::run_oracle(&ctx.task, sandbox, out).await;
+    agent::run_oracle(&ctx.task, sandbox, out)
+        .instrument(tracing::info_span!("agent", agent = agent::ORACLE))
+        .await;
     out.timing.agent_execution = Some(started.elapsed());
 
     let started = Instant::now();
-    verifier::run(&ctx.task, sandbox, out).await;
+    verifier::run(&ctx.task, sandbox, out)
+        .instrument(tracing::info_span!("verifier"))
+        .await;
     out.timing.verifier = Some(started.elapsed());
 }
 

@@ -74,29 +74,37 @@ impl Service<AttemptId> for AttemptRunner {
     fn call(&mut self, id: AttemptId) -> AttemptFuture {
         let deadline = CancellationToken::new();
         let (ctx, db, token) = (self.ctx.clone(), self.db.clone(), deadline.clone());
-        let handle = self.tracker.spawn(async move {
-            let fence = ctx.fence.as_ref();
-            db::attempt_started(&db, id.id, fence)
-                .await
-                .map_err(fence_error)?;
-            let (out, interrupted) = run_attempt(&ctx, id, token).await;
-            tracing::info!(attempt = id.index, status = out.status.as_str(),
-                tests = %format!("{}/{}", out.tests_passed, out.tests_total), "attempt finished");
-            match interrupted {
-                // Another worker holds the job now: nothing of this run may be written.
-                Some(Interrupted::Job(StopReason::LeaseLost)) => {}
-                // Not an outcome: the attempt runs again when the job is taken up again.
-                Some(Interrupted::Job(StopReason::Shutdown)) => {
-                    db::release_attempt(&db, id.id, fence)
-                        .await
-                        .map_err(fence_error)?
-                }
-                _ => db::record_outcome(&db, ctx.job_id, &out, ORACLE, fence)
+        // The attempt's own task carries the attempt span, so its phases are children of it.
+        let span = tracing::Span::current();
+        let handle = self.tracker.spawn(tracing::Instrument::instrument(
+            async move {
+                let fence = ctx.fence.as_ref();
+                db::attempt_started(&db, id.id, fence)
                     .await
-                    .map_err(fence_error)?,
-            }
-            Ok(out)
-        });
+                    .map_err(fence_error)?;
+                let (out, interrupted) = run_attempt(&ctx, id, token).await;
+                let span = tracing::Span::current();
+                span.record("status", out.status.as_str());
+                span.record("tests", format!("{}/{}", out.tests_passed, out.tests_total));
+                tracing::info!(attempt = id.index, status = out.status.as_str(),
+                tests = %format!("{}/{}", out.tests_passed, out.tests_total), "attempt finished");
+                match interrupted {
+                    // Another worker holds the job now: nothing of this run may be written.
+                    Some(Interrupted::Job(StopReason::LeaseLost)) => {}
+                    // Not an outcome: the attempt runs again when the job is taken up again.
+                    Some(Interrupted::Job(StopReason::Shutdown)) => {
+                        db::release_attempt(&db, id.id, fence)
+                            .await
+                            .map_err(fence_error)?
+                    }
+                    _ => db::record_outcome(&db, ctx.job_id, &out, ORACLE, fence)
+                        .await
+                        .map_err(fence_error)?,
+                }
+                Ok(out)
+            },
+            span,
+        ));
         AttemptFuture {
             handle,
             _deadline: deadline.drop_guard(),
@@ -118,7 +126,11 @@ pub fn stack(runner: AttemptRunner, max_concurrent: usize, timeout: Duration) ->
     let service = ServiceBuilder::new()
         .concurrency_limit(max_concurrent)
         .layer(TraceLayer::new(move |a: &AttemptId| {
-            tracing::info_span!("attempt", job = %job_id, attempt = a.index, attempt_id = %a.id)
+            // Each attempt is a trace of its own, linked to the job's span.
+            let span = tracing::info_span!(parent: None, "attempt", job = %job_id, attempt = a.index,
+                attempt_id = %a.id, status = tracing::field::Empty, tests = tracing::field::Empty);
+            span.follows_from(tracing::Span::current());
+            span
         }))
         .layer(TimeoutLayer::new(timeout))
         .service(runner);
