@@ -438,20 +438,39 @@ impl Leases {
     pub fn held(&self) -> Vec<(Claim, Stop)> {
         self.lock().values().flatten().cloned().collect()
     }
+
+    /// Jobs reserved or held, and the claims held, read together.
+    pub fn snapshot(&self) -> (Vec<Uuid>, Vec<(Claim, Stop)>) {
+        let map = self.lock();
+        (
+            map.keys().copied().collect(),
+            map.values().flatten().cloned().collect(),
+        )
+    }
 }
 
 /// Give back claims of `worker_id` on running jobs that this process no longer works on (their run ended on a
 /// database error, so nothing renews them): back to `queued`, so they run again instead of waiting for a rescue.
+///
+/// A job enters `leases` before its claim transaction begins, so a claim made before the database time read here
+/// belongs to a job that was in `leases` when it was looked at right after — unless that job's run has ended.
+/// Claims made later are left alone: their jobs may have entered `leases` after the look.
 pub async fn release_orphans(
     db: &DatabaseConnection,
     worker_id: Uuid,
-    keep: &[Uuid],
+    leases: &Leases,
 ) -> Result<Vec<Uuid>, DbErr> {
+    let now = db
+        .query_one_raw(stmt("SELECT now() AS now", vec![]))
+        .await?
+        .ok_or_else(|| DbErr::Custom("SELECT now() returned nothing".into()))?;
+    let now: chrono::DateTime<chrono::FixedOffset> = now.try_get("", "now")?;
+    let keep = leases.job_ids();
     let rows = db
         .query_all_raw(stmt(
-            "SELECT c.job_id, c.epoch FROM tbw_claims c JOIN jobs j ON j.id = c.job_id
-             WHERE c.worker_id = $1 AND NOT (c.job_id = ANY($2))",
-            vec![worker_id.into(), keep.to_vec().into()],
+            "SELECT c.job_id, c.epoch FROM tbw_claims c
+             WHERE c.worker_id = $1 AND c.claimed_at < $3 AND NOT (c.job_id = ANY($2))",
+            vec![worker_id.into(), keep.into(), now.into()],
         ))
         .await?;
     let mut released = Vec::new();

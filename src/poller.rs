@@ -280,10 +280,12 @@ async fn maintain(worker: Worker, poke: Arc<Notify>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(period) => {}
         }
-        let ids = co.leases.job_ids();
+        // The jobs to renew and the claims to check come from one look, so a claim made after it is not taken for
+        // a lost one.
+        let (ids, held) = co.leases.snapshot();
         match claims::heartbeat(&worker.db, co.worker_id, &ids, co.lease).await {
             Ok(renewed) => {
-                for (claim, job_stop) in co.leases.held() {
+                for (claim, job_stop) in held {
                     if !renewed.contains(&claim) {
                         tracing::warn!(job = %claim.job_id, epoch = claim.epoch, "the job's lease is lost; stopping it here");
                         job_stop.stop(StopReason::LeaseLost);
@@ -295,7 +297,7 @@ async fn maintain(worker: Worker, poke: Arc<Notify>, stop: CancellationToken) {
                 continue;
             }
         }
-        match claims::release_orphans(&worker.db, co.worker_id, &ids).await {
+        match claims::release_orphans(&worker.db, co.worker_id, &co.leases).await {
             Ok(released) if !released.is_empty() => {
                 tracing::warn!(jobs = ?released, "released claims whose run had ended without a final write");
                 poke.notify_one();
