@@ -207,3 +207,57 @@ async fn a_job_lost_too_often_fails_with_a_message() {
     assert_eq!(row.status.as_str(), "failed");
     assert!(row.error_message.unwrap().contains("lost 2 times"));
 }
+
+#[tokio::test]
+async fn only_claims_this_process_no_longer_works_on_are_released_as_orphans() {
+    let (conn, users) = setup().await;
+    let w = Uuid::new_v4();
+    let limits = Limits {
+        max_jobs: 5,
+        max_active_per_owner: 1,
+    };
+    let leases = claims::Leases::default();
+    // A claim whose run ended without a final write: nobody holds it any more.
+    let orphan = queue(&conn, users[0]).await;
+    claims::claim(&conn, w, orphan, limits, LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    // A claim this process is working on.
+    let live = queue(&conn, users[1]).await;
+    leases.reserve(live);
+    let claim = claims::claim(&conn, w, live, limits, LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    leases.hold(claim, terminal_bench_worker::stop::Stop::new());
+
+    let released = claims::release_orphans(&conn, w, &leases).await.unwrap();
+    assert_eq!(released, vec![orphan]);
+    assert_eq!(
+        db::find_job(&conn, orphan)
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+            .as_str(),
+        "queued"
+    );
+    assert_eq!(
+        db::find_job(&conn, live)
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+            .as_str(),
+        "running"
+    );
+    let renewed = claims::heartbeat(&conn, w, &leases.job_ids(), LEASE)
+        .await
+        .unwrap();
+    assert_eq!(
+        renewed,
+        vec![claim],
+        "the live claim is still held and renewed"
+    );
+}
