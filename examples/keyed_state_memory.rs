@@ -59,7 +59,7 @@ async fn main() {
     while let Some(result) = stream.next().await {
         result.expect("request");
         done += 1;
-        if done % 100_000 == 0 {
+        if done.is_multiple_of(100_000) {
             peak_keys = peak_keys.max(limit.active_keys());
             peak_rss = peak_rss.max(rss_mib());
             println!(
