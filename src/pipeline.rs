@@ -95,9 +95,9 @@ impl Service<JobRequest> for AttemptFanout {
                 return Err(ShuttingDown(job.id).into());
             }
             let stop = Stop::new();
-            // Entered before the claim, so the heartbeat never takes a fresh claim for an orphan; left when this
-            // future ends, however it ends.
-            let _registered = worker.coordination.as_ref().map(|co| {
+            // Entered before the claim, so the heartbeat never takes a fresh claim for an orphan; left when the
+            // job's run ends, however it ends.
+            let registered = worker.coordination.as_ref().map(|co| {
                 co.leases.reserve(job.id);
                 Forget(co.leases.clone(), job.id)
             });
@@ -117,9 +117,21 @@ impl Service<JobRequest> for AttemptFanout {
             };
             tracing::info!(job = %job.id, task = %job.task_name, runs = job.runs_requested, epoch = fence.map(|c| c.epoch),
                 "job started");
-            // If the timeout layer drops this future, the job's attempts learn why and stop.
+            // The run is a task of its own: when the timeout layer drops this future, the guard tells the run why,
+            // and the run stops its attempts and writes the job's end itself, under its claim.
             let guard = stop.guard(StopReason::JobTimeout);
-            let summary = worker.run_claimed(job, stop, fence).await?;
+            let run = async move {
+                let _registered = registered;
+                worker.run_claimed(job, stop, fence).await
+            };
+            // The job's span goes along, so the run's logs and its attempts' links point at it.
+            let run = tokio::spawn(tracing::Instrument::instrument(
+                run,
+                tracing::Span::current(),
+            ));
+            let summary = run
+                .await
+                .map_err(|e| format!("the job's run crashed: {e}"))??;
             guard.disarm();
             Ok(summary)
         })

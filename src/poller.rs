@@ -21,7 +21,7 @@ use uuid::Uuid;
 use crate::attempt::humanize;
 use crate::claims;
 use crate::db;
-use crate::job::{Worker, scratch_dir};
+use crate::job::Worker;
 use crate::layers::{Elapsed, UserQueueFull};
 use crate::listener;
 use crate::pipeline::{self, AttemptFanout, JobPipeline, JobRequest, NotQueued, ShuttingDown};
@@ -111,24 +111,8 @@ impl Poller {
             tracing::debug!(job = %id, reason = %e, "job not started now; it stays queued");
             return false;
         } else if e.is::<Elapsed>() {
-            let (db, config) = (self.worker.db.clone(), self.worker.config.clone());
-            tokio::spawn(async move {
-                let message = format!(
-                    "The job took longer than its limit of {}.",
-                    humanize(config.job_timeout)
-                );
-                tracing::warn!(job = %id, "{message}");
-                if let Err(e) = db::fail_job(&db, id, &message).await {
-                    tracing::error!(job = %id, error = %e, "could not record the job's timeout");
-                }
-                // Attempts that were running record their own timeout; those that never started end here.
-                if let Err(e) =
-                    db::fail_unfinished_attempts(&db, id, "TimeoutError", &message).await
-                {
-                    tracing::error!(job = %id, error = %e, "could not record the job's timeout on its attempts");
-                }
-                let _ = tokio::fs::remove_dir_all(scratch_dir(&config, id)).await;
-            });
+            // The run goes on briefly in its own task: it stops the attempts and records the timeout itself.
+            tracing::warn!(job = %id, limit = %humanize(self.worker.config.job_timeout), "the job ran past its time limit");
         } else {
             tracing::error!(job = %id, error = %e, "the job's run ended with an error");
         }

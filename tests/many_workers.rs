@@ -451,9 +451,13 @@ async fn a_second_signal_exits_at_once_and_still_releases_the_job() {
         .await
         .unwrap();
     let mut w = spawn_worker(&h, "impatient", &[("WORKER_SHUTDOWN_GRACE_SECS", "60")]);
-    wait_until(Duration::from_secs(120), "the job to run", || async {
-        running_attempts(&h, job.id).await > 0
-    })
+    wait_until(
+        Duration::from_secs(120),
+        "the job to run in its container",
+        || async {
+            running_attempts(&h, job.id).await > 0 && !h.containers_of(job.id).await.is_empty()
+        },
+    )
     .await;
     let signalled = std::time::Instant::now();
     w.signal("-TERM");
