@@ -486,3 +486,20 @@ pub async fn release_orphans(
     }
     Ok(released)
 }
+
+/// Of `workers`, those known here that stopped or whose heartbeat is older than `stale`. Workers this database
+/// does not know are not listed: they may belong to another deployment sharing the Docker host.
+pub async fn gone_workers(
+    db: &DatabaseConnection,
+    workers: &[Uuid],
+    stale: Duration,
+) -> Result<Vec<Uuid>, DbErr> {
+    let rows = db
+        .query_all_raw(stmt(
+            "SELECT id FROM tbw_workers WHERE id = ANY($1)
+             AND (stopped_at IS NOT NULL OR heartbeat_at < now() - make_interval(secs => $2))",
+            vec![workers.to_vec().into(), secs(stale).into()],
+        ))
+        .await?;
+    rows.iter().map(|r| r.try_get("", "id")).collect()
+}

@@ -289,6 +289,7 @@ async fn maintain(worker: Worker, poke: Arc<Notify>, stop: CancellationToken) {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "could not release orphaned claims"),
         }
+        sweep_gone_workers(&worker, co.lease * 2).await;
         match claims::rescue_expired(&worker.db, co.max_rescues).await {
             Ok(rescued) if !rescued.is_empty() => {
                 for r in &rescued {
@@ -304,6 +305,39 @@ async fn maintain(worker: Worker, poke: Arc<Notify>, stop: CancellationToken) {
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "could not rescue expired claims"),
+        }
+    }
+}
+
+/// Remove containers whose worker process is gone (stopped, or silent for longer than `stale`): a worker that
+/// exited at once, or was killed, while an attempt's container was being created leaves one behind.
+async fn sweep_gone_workers(worker: &Worker, stale: Duration) {
+    let owners = match worker.runtime.sandbox_owners().await {
+        Ok(owners) if !owners.is_empty() => owners,
+        Ok(_) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not list environments to sweep");
+            return;
+        }
+    };
+    let mut workers: Vec<Uuid> = owners.iter().map(|(_, w)| *w).collect();
+    workers.sort();
+    workers.dedup();
+    let gone = match claims::gone_workers(&worker.db, &workers, stale).await {
+        Ok(gone) => gone,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not check the owners of environments");
+            return;
+        }
+    };
+    for (id, owner) in owners.iter().filter(|(_, w)| gone.contains(w)) {
+        match worker.runtime.remove_sandbox(id).await {
+            Ok(()) => {
+                tracing::info!(container = %id, worker = %owner, "removed an environment whose worker is gone")
+            }
+            Err(e) => {
+                tracing::warn!(container = %id, error = %e, "could not remove an environment whose worker is gone")
+            }
         }
     }
 }

@@ -486,3 +486,63 @@ async fn a_second_signal_exits_at_once_and_still_releases_the_job() {
     );
     assert!(h.containers_of(job.id).await.is_empty());
 }
+
+fn labelled_container(worker: Uuid) -> String {
+    let out = Command::new("docker")
+        .args([
+            "run",
+            "-d",
+            "--label",
+            "dev.terminal-bench-worker.managed=true",
+        ])
+        .args([
+            "--label",
+            &format!("dev.terminal-bench-worker.worker-id={worker}"),
+        ])
+        .args([
+            "--label",
+            &format!("dev.terminal-bench-worker.job-id={}", Uuid::new_v4()),
+        ])
+        .args(["debian:bookworm-slim", "sleep", "300"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn container_exists(id: &str) -> bool {
+    Command::new("docker")
+        .args(["inspect", id])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_of_a_gone_worker_are_swept_and_others_left_alone() {
+    let h = harness(&[]).await;
+    let (gone, foreign) = (Uuid::new_v4(), Uuid::new_v4());
+    h.db.execute_unprepared(&format!(
+        "INSERT INTO tbw_workers (id, hostname, pid, version, stopped_at) VALUES ('{gone}', 'old-host', 1, 'x', now())"
+    ))
+    .await
+    .unwrap();
+    let leftover = labelled_container(gone);
+    // A worker this database has never seen: maybe another deployment on the same Docker host.
+    let other = labelled_container(foreign);
+    let w = spawn_worker(&h, "sweeper", &[]);
+    wait_until(
+        Duration::from_secs(20),
+        "the gone worker's container to be removed",
+        || async { !container_exists(&leftover) },
+    )
+    .await;
+    assert!(container_exists(&other), "{}", w.log_text());
+    let _ = Command::new("docker").args(["rm", "-f", &other]).output();
+}

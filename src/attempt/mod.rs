@@ -104,6 +104,7 @@ pub async fn run_attempt(
         workdir: env.workdir.clone(),
         env: env.env.clone(),
         scratch_dir: scratch.join("sandbox"),
+        worker_id: ctx.fence.map(|c| c.worker_id),
     };
     let mut slot = Slot::Empty;
 

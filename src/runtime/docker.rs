@@ -38,6 +38,8 @@ pub const LABEL_JOB: &str = "dev.terminal-bench-worker.job-id";
 pub const LABEL_ATTEMPT: &str = "dev.terminal-bench-worker.attempt-id";
 /// Label holding the attempt index.
 pub const LABEL_ATTEMPT_INDEX: &str = "dev.terminal-bench-worker.attempt-index";
+/// Label holding the id of the worker process that owns the container (when workers share a database).
+pub const LABEL_WORKER: &str = "dev.terminal-bench-worker.worker-id";
 
 /// Most bytes read back from a container folder by [`Sandbox::copy_dir_out`].
 const MAX_COPY_OUT_BYTES: u64 = 256 * 1024 * 1024;
@@ -329,7 +331,7 @@ impl Runtime for DockerRuntime {
             .clone()
             .or_else(|| image.workdir.clone())
             .unwrap_or_else(|| "/app".to_string());
-        let labels = HashMap::from([
+        let mut labels = HashMap::from([
             (LABEL_MANAGED.to_string(), "true".to_string()),
             (LABEL_JOB.to_string(), spec.job_id.to_string()),
             (LABEL_ATTEMPT.to_string(), spec.attempt_id.to_string()),
@@ -338,6 +340,9 @@ impl Runtime for DockerRuntime {
                 spec.attempt_index.to_string(),
             ),
         ]);
+        if let Some(worker) = spec.worker_id {
+            labels.insert(LABEL_WORKER.to_string(), worker.to_string());
+        }
         let host_cores = std::thread::available_parallelism()
             .map(|n| n.get() as f64)
             .unwrap_or(1.0);
@@ -413,6 +418,21 @@ impl Runtime for DockerRuntime {
         jobs.sort();
         jobs.dedup();
         Ok(jobs)
+    }
+
+    async fn sandbox_owners(&self) -> Result<Vec<(String, Uuid)>, RuntimeError> {
+        let list = self.managed_containers(None).await?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                let worker = c.labels.as_ref()?.get(LABEL_WORKER)?.parse().ok()?;
+                Some((c.id?, worker))
+            })
+            .collect())
+    }
+
+    async fn remove_sandbox(&self, id: &str) -> Result<(), RuntimeError> {
+        remove_container(&self.docker, id).await
     }
 
     async fn remove_leftovers(&self, job_id: Option<Uuid>) -> Result<usize, RuntimeError> {

@@ -1029,6 +1029,7 @@ mod tests {
             workdir: None,
             env: BTreeMap::from([("GREETING".to_owned(), "hello from /app".to_owned())]),
             scratch_dir: scratch.join("attempt-0"),
+            worker_id: None,
         }
     }
 

@@ -56,6 +56,9 @@ pub struct SandboxSpec {
     pub env: BTreeMap<String, String>,
     /// Host scratch folder that belongs to this attempt alone (the local sandbox keeps its files here).
     pub scratch_dir: PathBuf,
+    /// The worker process that owns the sandbox, when workers share a database: a sweep removes sandboxes whose
+    /// worker is gone.
+    pub worker_id: Option<Uuid>,
 }
 
 /// What a runtime prepared for a job: every attempt of the job starts from it.
@@ -112,6 +115,16 @@ pub trait Runtime: Send + Sync {
     /// sandboxes cannot outlive the worker process have none.
     async fn jobs_with_sandboxes(&self) -> Result<Vec<Uuid>, RuntimeError> {
         Ok(Vec::new())
+    }
+
+    /// Sandboxes that name their worker process, as `(sandbox id, worker id)`.
+    async fn sandbox_owners(&self) -> Result<Vec<(String, Uuid)>, RuntimeError> {
+        Ok(Vec::new())
+    }
+
+    /// Remove one sandbox by id (found through [`Runtime::sandbox_owners`]).
+    async fn remove_sandbox(&self, _id: &str) -> Result<(), RuntimeError> {
+        Ok(())
     }
 }
 
