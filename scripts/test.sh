@@ -23,3 +23,7 @@ psql -h 127.0.0.1 -U postgres -d postgres -Atc "SELECT datname FROM pg_database 
     while read -r name; do psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$name\"" >/dev/null 2>&1 || true; done
 
 cargo nextest run --workspace --no-fail-fast "$@"
+# nextest does not run documentation examples; they are part of the docs' promise.
+if [ "$#" -eq 0 ]; then
+    cargo test --doc --workspace
+fi
