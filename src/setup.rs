@@ -86,9 +86,10 @@ pub async fn worker(config: &Config, mode: Mode) -> eyre::Result<Worker> {
         }
         Err(_) => Arc::new(LocalRuntime::detect()),
     };
-    // Claims, leases and rescue live in PostgreSQL; the embedded default is one process and needs none.
+    // Claims, leases and rescue live in PostgreSQL and belong to the daemon; the embedded default is one process
+    // and the other commands run no jobs through the pipeline.
     let coordination = match db.get_database_backend() {
-        sea_orm::DbBackend::Postgres => {
+        sea_orm::DbBackend::Postgres if mode == Mode::Daemon => {
             let worker_id = uuid::Uuid::new_v4();
             let hostname = gethostname::gethostname().to_string_lossy().into_owned();
             crate::claims::register_worker(&db, worker_id, &hostname, std::process::id()).await?;
