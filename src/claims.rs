@@ -107,7 +107,7 @@ pub async fn claim(
     .await?;
     let Some(job) = txn
         .query_one_raw(stmt(
-            "SELECT owner_id, COALESCE(owner_id, id) AS owner_key FROM jobs WHERE id = $1 AND status = 'queued'",
+            "SELECT owner_id, COALESCE(owner_id, id) AS owner_key FROM jobs WHERE id = $1 AND status = 'queued' FOR UPDATE",
             vec![job_id.into()],
         ))
         .await?
@@ -289,10 +289,12 @@ pub struct Rescued {
     pub gave_up: bool,
 }
 
-/// Rescue `running` jobs whose lease expired: back to `queued`, or `failed` after `max_rescues` rescues.
+/// Rescue `running` jobs whose lease expired (other than `except`'s, which renews its own): back to `queued`, or
+/// `failed` after `max_rescues` rescues.
 pub async fn rescue_expired(
     db: &DatabaseConnection,
     max_rescues: i32,
+    except: Uuid,
 ) -> Result<Vec<Rescued>, DbErr> {
     let txn = db.begin().await?;
     txn.execute_raw(stmt(
@@ -302,57 +304,61 @@ pub async fn rescue_expired(
     .await?;
     let expired = txn
         .query_all_raw(stmt(
-            "SELECT c.job_id, c.rescues FROM tbw_claims c JOIN jobs j ON j.id = c.job_id
-             WHERE j.status = 'running' AND c.worker_id IS NOT NULL AND c.lease_expires_at < now()
+            "SELECT c.job_id FROM tbw_claims c JOIN jobs j ON j.id = c.job_id
+             WHERE j.status = 'running' AND c.worker_id IS NOT NULL AND c.worker_id <> $1 AND c.lease_expires_at < now()
              FOR UPDATE OF c",
-            vec![],
+            vec![except.into()],
         ))
         .await?;
     let mut rescued = Vec::new();
     for row in expired {
-        let job_id: Uuid = row.try_get("", "job_id")?;
-        let rescues: i32 = row.try_get::<i32>("", "rescues")? + 1;
-        txn.execute_raw(stmt(
-            "UPDATE tbw_claims SET worker_id = NULL, epoch = epoch + 1, lease_expires_at = NULL, rescues = $2
-             WHERE job_id = $1",
-            vec![job_id.into(), rescues.into()],
-        ))
-        .await?;
-        let gave_up = rescues > max_rescues;
-        if gave_up {
-            let message = format!(
-                "The worker running this job was lost {} times; the job is not retried again.",
-                rescues
-            );
-            txn.execute_raw(stmt(
-                "UPDATE jobs SET status = 'failed', error_message = $2, updated_at = now() WHERE id = $1 AND status = 'running'",
-                vec![job_id.into(), message.clone().into()],
-            ))
-            .await?;
-            txn.execute_raw(stmt(
-                "UPDATE attempts SET status = 'failed', finished_at = now(),
-                     metadata = jsonb_build_object('testCases', '[]'::jsonb, 'error', $2::text, 'errorType', 'ExecutionError')
-                 WHERE job_id = $1 AND status IN ('queued', 'running')",
-                vec![job_id.into(), message.into()],
-            ))
-            .await?;
-        } else {
-            txn.execute_raw(stmt(
-                "UPDATE jobs SET status = 'queued', updated_at = now() WHERE id = $1 AND status = 'running'",
-                vec![job_id.into()],
-            ))
-            .await?;
-            crate::db::requeue_running_attempts(&txn, entity::attempt::Column::JobId.eq(job_id))
-                .await?;
-        }
-        rescued.push(Rescued {
-            job_id,
-            rescues,
-            gave_up,
-        });
+        rescued.push(take_back(&txn, row.try_get("", "job_id")?, max_rescues).await?);
     }
     txn.commit().await?;
     Ok(rescued)
+}
+
+/// Inside a transaction holding the claim row: count one more rescue of the job and put it back to `queued` (its
+/// unfinished attempts too), or fail it once it has been taken back more than `max_rescues` times, so a job whose
+/// runs keep breaking cannot loop forever.
+async fn take_back(
+    txn: &impl ConnectionTrait,
+    job_id: Uuid,
+    max_rescues: i32,
+) -> Result<Rescued, DbErr> {
+    let row = txn
+        .query_one_raw(stmt(
+            "UPDATE tbw_claims SET worker_id = NULL, epoch = epoch + 1, lease_expires_at = NULL, rescues = rescues + 1
+             WHERE job_id = $1 RETURNING rescues",
+            vec![job_id.into()],
+        ))
+        .await?
+        .ok_or_else(|| DbErr::Custom("the claim row vanished".into()))?;
+    let rescues: i32 = row.try_get("", "rescues")?;
+    let gave_up = rescues > max_rescues;
+    if gave_up {
+        let message = format!(
+            "The worker running this job was lost {rescues} times; the job is not retried again."
+        );
+        txn.execute_raw(stmt(
+            "UPDATE jobs SET status = 'failed', error_message = $2, updated_at = now() WHERE id = $1 AND status = 'running'",
+            vec![job_id.into(), message.clone().into()],
+        ))
+        .await?;
+        crate::db::fail_unfinished_attempts(txn, job_id, "ExecutionError", &message).await?;
+    } else {
+        txn.execute_raw(stmt(
+            "UPDATE jobs SET status = 'queued', updated_at = now() WHERE id = $1 AND status = 'running'",
+            vec![job_id.into()],
+        ))
+        .await?;
+        crate::db::requeue_running_attempts(txn, entity::attempt::Column::JobId.eq(job_id)).await?;
+    }
+    Ok(Rescued {
+        job_id,
+        rescues,
+        gave_up,
+    })
 }
 
 /// Record this worker process.
@@ -459,7 +465,8 @@ pub async fn release_orphans(
     db: &DatabaseConnection,
     worker_id: Uuid,
     leases: &Leases,
-) -> Result<Vec<Uuid>, DbErr> {
+    max_rescues: i32,
+) -> Result<Vec<Rescued>, DbErr> {
     let now = db
         .query_one_raw(stmt("SELECT now() AS now", vec![]))
         .await?
@@ -475,14 +482,22 @@ pub async fn release_orphans(
         .await?;
     let mut released = Vec::new();
     for row in rows {
-        let claim = Claim {
-            job_id: row.try_get("", "job_id")?,
-            worker_id,
-            epoch: row.try_get("", "epoch")?,
-        };
-        if release(db, &claim).await? {
-            released.push(claim.job_id);
+        let job_id: Uuid = row.try_get("", "job_id")?;
+        let epoch: i64 = row.try_get("", "epoch")?;
+        // Counted like a rescue: a run that keeps ending without its final write (say, output the database
+        // refuses) must not go round forever.
+        let txn = db.begin().await?;
+        let still_ours = txn
+            .query_one_raw(stmt(
+                "SELECT 1 AS held FROM tbw_claims WHERE job_id = $1 AND worker_id = $2 AND epoch = $3 FOR UPDATE",
+                vec![job_id.into(), worker_id.into(), epoch.into()],
+            ))
+            .await?
+            .is_some();
+        if still_ours {
+            released.push(take_back(&txn, job_id, max_rescues).await?);
         }
+        txn.commit().await?;
     }
     Ok(released)
 }

@@ -29,6 +29,31 @@ pub async fn fenced(
     Ok(txn)
 }
 
+/// PostgreSQL refuses NUL in `text` and `\u0000` in `jsonb`; task output may hold them (binary output). They are
+/// replaced, so one byte of output can never make an attempt's record unwritable.
+pub fn scrub_text(s: &str) -> String {
+    if s.contains('\0') {
+        s.replace('\0', "\u{FFFD}")
+    } else {
+        s.to_string()
+    }
+}
+
+/// [`scrub_text`] over every string and key of a JSON value.
+pub fn scrub_json(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => Value::String(scrub_text(&s)),
+        Value::Array(items) => Value::Array(items.into_iter().map(scrub_json).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (scrub_text(&k), scrub_json(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
 fn now() -> DateTime<chrono::FixedOffset> {
     Utc::now().fixed_offset()
 }
@@ -102,7 +127,7 @@ pub async fn transition_job(
         .col_expr(job::Column::Status, Expr::value(to.as_str()))
         .col_expr(job::Column::UpdatedAt, Expr::value(now()));
     if let Some(message) = error_message {
-        update = update.col_expr(job::Column::ErrorMessage, Expr::value(message));
+        update = update.col_expr(job::Column::ErrorMessage, Expr::value(scrub_text(message)));
     }
     let result = update
         .filter(job::Column::Id.eq(id))
@@ -263,9 +288,9 @@ pub async fn record_outcome(
         finished_at: Set(Some(
             out.finished_at.unwrap_or_else(Utc::now).fixed_offset(),
         )),
-        reward_summary: Set(out.reward_json()),
+        reward_summary: Set(out.reward_json().map(scrub_json)),
         log_path: Set(out.log_path.clone()),
-        metadata: Set(Some(out.metadata_json(agent_name))),
+        metadata: Set(Some(scrub_json(out.metadata_json(agent_name)))),
         ..Default::default()
     })
     .exec(&txn)
@@ -279,9 +304,9 @@ pub async fn record_outcome(
             id: Set(Uuid::new_v4()),
             attempt_id: Set(out.attempt_id),
             index: Set(i32::try_from(index).unwrap_or(i32::MAX)),
-            state_analysis: Set(ep.state_analysis.clone()),
-            explanation: Set(ep.explanation.clone()),
-            commands: Set(Some(ep.commands.clone())),
+            state_analysis: Set(scrub_text(&ep.state_analysis)),
+            explanation: Set(scrub_text(&ep.explanation)),
+            commands: Set(Some(scrub_json(ep.commands.clone()))),
             duration_ms: Set(Some(ep.duration_ms)),
             metadata: Set(Some(serde_json::json!({ "agent": agent_name }))),
         })
@@ -319,9 +344,9 @@ pub async fn fail_unfinished_attempts(
         .col_expr(attempt::Column::FinishedAt, Expr::value(now()))
         .col_expr(
             attempt::Column::Metadata,
-            Expr::value(
+            Expr::value(scrub_json(
                 serde_json::json!({ "testCases": [], "error": message, "errorType": error_type }),
-            ),
+            )),
         )
         .filter(attempt::Column::JobId.eq(job_id))
         .filter(attempt::Column::Status.is_in([AttemptStatus::Queued, AttemptStatus::Running]))
@@ -405,7 +430,23 @@ pub async fn finish_job(
         }
         Finish::Released => {
             requeue_running_attempts(&txn, attempt::Column::JobId.eq(job_id)).await?;
-            transition_job(&txn, job_id, JobStatus::Running, JobStatus::Queued, None).await?
+            let released =
+                transition_job(&txn, job_id, JobStatus::Running, JobStatus::Queued, None).await?;
+            // Cancelled by the platform while the worker was stopping: nothing will run those attempts again.
+            if !released
+                && find_job(&txn, job_id)
+                    .await?
+                    .is_some_and(|j| j.is_cancelled())
+            {
+                fail_unfinished_attempts(
+                    &txn,
+                    job_id,
+                    "CancellationError",
+                    "the job was cancelled before this attempt ran",
+                )
+                .await?;
+            }
+            released
         }
     };
     if let Some(claim) = fence {

@@ -177,24 +177,30 @@ impl Poller {
 /// Put every job this worker still holds back to `queued` and remove its containers (used when jobs did not stop in
 /// time, and on a second signal).
 pub async fn release_everything(worker: &Worker, held: HashSet<Uuid>) {
-    let claimed = worker
-        .coordination
-        .as_ref()
-        .map(|co| co.leases.held())
-        .unwrap_or_default();
-    for (claim, _) in &claimed {
-        if let Ok(true) = claims::release(&worker.db, claim).await {
-            tracing::warn!(job = %claim.job_id, "job released back to the queue");
+    match &worker.coordination {
+        Some(co) => {
+            for (claim, _) in co.leases.held() {
+                if let Ok(true) = claims::release(&worker.db, &claim).await {
+                    tracing::warn!(job = %claim.job_id, "job released back to the queue");
+                }
+            }
+            // Only this worker's containers: a job merely waiting here may be running on another worker by now.
+            if let Ok(owners) = worker.runtime.sandbox_owners().await {
+                for (id, _) in owners.iter().filter(|(_, owner)| *owner == co.worker_id) {
+                    let _ = worker.runtime.remove_sandbox(id).await;
+                }
+            }
         }
-    }
-    for id in held.iter().chain(claimed.iter().map(|(c, _)| &c.job_id)) {
-        let _ = worker.runtime.remove_leftovers(Some(*id)).await;
-        if worker.coordination.is_none()
-            && let Ok(true) =
-                db::transition_job(&worker.db, *id, JobStatus::Running, JobStatus::Queued, None)
-                    .await
-        {
-            tracing::warn!(job = %id, "job released back to the queue");
+        None => {
+            for id in held {
+                let _ = worker.runtime.remove_leftovers(Some(id)).await;
+                if let Ok(true) =
+                    db::transition_job(&worker.db, id, JobStatus::Running, JobStatus::Queued, None)
+                        .await
+                {
+                    tracing::warn!(job = %id, "job released back to the queue");
+                }
+            }
         }
     }
 }
@@ -219,7 +225,12 @@ pub async fn run(
     let background = CancellationToken::new();
     let mut helpers = JoinSet::new();
     if worker.coordination.is_some() {
-        helpers.spawn(maintain(worker.clone(), poke.clone(), background.clone()));
+        helpers.spawn(heartbeat(worker.clone(), background.clone()));
+        helpers.spawn(housekeeping(
+            worker.clone(),
+            poke.clone(),
+            background.clone(),
+        ));
         if let Some(url) = worker.config.database_url.clone() {
             helpers.spawn(listener::run(
                 worker.clone(),
@@ -252,17 +263,16 @@ pub async fn run(
     Ok(())
 }
 
-/// Every third of the lease: renew this worker's claims (and stop jobs whose claim is gone), give back claims whose
-/// run ended without a final write, and rescue jobs of lost workers.
-async fn maintain(worker: Worker, poke: Arc<Notify>, stop: CancellationToken) {
+/// Every third of the lease, renew this worker's claims and stop jobs whose claim is gone. Nothing else runs in
+/// this loop, so slow housekeeping can never let this worker's own leases lapse.
+async fn heartbeat(worker: Worker, stop: CancellationToken) {
     let Some(co) = worker.coordination.clone() else {
         return;
     };
-    let period = co.lease / 3;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(period) => {}
+            _ = tokio::time::sleep(co.lease / 3) => {}
         }
         // The jobs to renew and the claims to check come from one look, so a claim made after it is not taken for
         // a lost one.
@@ -277,34 +287,52 @@ async fn maintain(worker: Worker, poke: Arc<Notify>, stop: CancellationToken) {
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "heartbeat failed; claims expire if this lasts longer than the lease");
-                continue;
+                tracing::warn!(error = %e, "heartbeat failed; claims expire if this lasts longer than the lease")
             }
         }
-        match claims::release_orphans(&worker.db, co.worker_id, &co.leases).await {
-            Ok(released) if !released.is_empty() => {
-                tracing::warn!(jobs = ?released, "released claims whose run had ended without a final write");
-                poke.notify_one();
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "could not release orphaned claims"),
+    }
+}
+
+/// Every third of the lease: give back claims whose run ended without a final write, remove containers of workers
+/// that are gone, and rescue jobs of lost workers.
+async fn housekeeping(worker: Worker, poke: Arc<Notify>, stop: CancellationToken) {
+    let Some(co) = worker.coordination.clone() else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(co.lease / 3) => {}
         }
-        sweep_gone_workers(&worker, co.lease * 2).await;
-        match claims::rescue_expired(&worker.db, co.max_rescues).await {
-            Ok(rescued) if !rescued.is_empty() => {
-                for r in &rescued {
-                    if r.gave_up {
-                        tracing::error!(job = %r.job_id, rescues = r.rescues, "job lost its worker too often; failed");
-                    } else {
-                        tracing::warn!(job = %r.job_id, rescues = r.rescues, "rescued a job whose worker was lost");
-                    }
-                    // Leftovers of the lost worker on this Docker host, if it shared it.
-                    let _ = worker.runtime.remove_leftovers(Some(r.job_id)).await;
+        let mut taken_back =
+            match claims::release_orphans(&worker.db, co.worker_id, &co.leases, co.max_rescues)
+                .await
+            {
+                Ok(released) => released,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not release orphaned claims");
+                    Vec::new()
                 }
-                poke.notify_one();
-            }
-            Ok(_) => {}
+            };
+        if tokio::time::timeout(co.lease, sweep_gone_workers(&worker, co.lease * 2))
+            .await
+            .is_err()
+        {
+            tracing::warn!("sweeping containers of gone workers is slow; it goes on next time");
+        }
+        match claims::rescue_expired(&worker.db, co.max_rescues, co.worker_id).await {
+            Ok(rescued) => taken_back.extend(rescued),
             Err(e) => tracing::warn!(error = %e, "could not rescue expired claims"),
+        }
+        for r in &taken_back {
+            if r.gave_up {
+                tracing::error!(job = %r.job_id, times = r.rescues, "job taken back too often; failed");
+            } else {
+                tracing::warn!(job = %r.job_id, times = r.rescues, "took back a job whose run was lost");
+            }
+        }
+        if !taken_back.is_empty() {
+            poke.notify_one();
         }
     }
 }

@@ -135,7 +135,7 @@ async fn a_rescued_job_fences_off_its_old_worker() {
         .unwrap();
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let rescued = claims::rescue_expired(&conn, 3).await.unwrap();
+    let rescued = claims::rescue_expired(&conn, 3, new).await.unwrap();
     assert_eq!(rescued.len(), 1);
     assert_eq!(
         db::find_job(&conn, job)
@@ -199,7 +199,9 @@ async fn a_job_lost_too_often_fails_with_a_message() {
             .unwrap()
             .unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let rescued = claims::rescue_expired(&conn, 1).await.unwrap();
+        let rescued = claims::rescue_expired(&conn, 1, Uuid::new_v4())
+            .await
+            .unwrap();
         assert_eq!(rescued[0].rescues, round);
         assert_eq!(rescued[0].gave_up, round > 1);
     }
@@ -232,8 +234,15 @@ async fn only_claims_this_process_no_longer_works_on_are_released_as_orphans() {
         .unwrap();
     leases.hold(claim, terminal_bench_worker::stop::Stop::new());
 
-    let released = claims::release_orphans(&conn, w, &leases).await.unwrap();
-    assert_eq!(released, vec![orphan]);
+    let released = claims::release_orphans(&conn, w, &leases, 3).await.unwrap();
+    assert_eq!(
+        released
+            .iter()
+            .map(|r| (r.job_id, r.rescues))
+            .collect::<Vec<_>>(),
+        vec![(orphan, 1)],
+        "counted like a rescue"
+    );
     assert_eq!(
         db::find_job(&conn, orphan)
             .await
@@ -260,4 +269,45 @@ async fn only_claims_this_process_no_longer_works_on_are_released_as_orphans() {
         vec![claim],
         "the live claim is still held and renewed"
     );
+}
+
+#[tokio::test]
+async fn a_worker_does_not_rescue_its_own_claims_and_a_claim_never_revives_a_cancelled_job() {
+    let (conn, users) = setup().await;
+    let w = Uuid::new_v4();
+    let limits = Limits {
+        max_jobs: 5,
+        max_active_per_owner: 1,
+    };
+    let job = queue(&conn, users[0]).await;
+    claims::claim(&conn, w, job, limits, Duration::from_millis(10))
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        claims::rescue_expired(&conn, 3, w)
+            .await
+            .unwrap()
+            .is_empty(),
+        "its own claims are renewed, not rescued"
+    );
+    assert_eq!(
+        claims::rescue_expired(&conn, 3, Uuid::new_v4())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    let cancelled = queue(&conn, users[1]).await;
+    db::cancel_job(&conn, cancelled).await.unwrap();
+    assert_eq!(
+        claims::claim(&conn, w, cancelled, limits, LEASE)
+            .await
+            .unwrap(),
+        Err(Refused::NotQueued)
+    );
+    let row = db::find_job(&conn, cancelled).await.unwrap().unwrap();
+    assert!(row.is_cancelled(), "{row:?}");
 }

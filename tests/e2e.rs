@@ -417,3 +417,45 @@ async fn containers_get_the_tasks_limits_and_a_named_local_image_is_used_without
     .unwrap();
     assert_eq!(result["environment"]["image"], "debian:bookworm-slim");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nul_bytes_in_output_do_not_stop_the_record() {
+    let h = harness(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let task = write_task(
+        dir.path(),
+        "binary-output",
+        &[
+            ("task.toml", ""),
+            ("environment/Dockerfile", DOCKERFILE),
+            (
+                "solution/solve.sh",
+                "#!/bin/bash\nprintf 'before\\0after\\n'\ntouch /app/done\n",
+            ),
+            (
+                "tests/test.sh",
+                "#!/bin/bash\nprintf 'x\\0y\\n'\nprintf '{\"results\":{\"tests\":[{\"name\":\"nul\\\\u0000name\",\"status\":\"passed\",\"message\":\"m\\\\u0000\"}]}}' > /logs/verifier/ctrf.json\necho 1 > /logs/verifier/reward.txt\n",
+            ),
+        ],
+    );
+    let job = submit::submit(&h.worker, &task, 1, None).await.unwrap();
+    let done = h.run_until_final(job.id, Duration::from_secs(120)).await;
+    assert_eq!(
+        done.status,
+        JobStatus::Completed,
+        "{:?}",
+        done.error_message
+    );
+    let a = &db::attempts_of(&h.db, job.id).await.unwrap()[0];
+    assert_eq!(a.status, AttemptStatus::Success, "{:?}", a.metadata);
+    assert_eq!(
+        a.metadata.as_ref().unwrap()["testCases"][0]["name"],
+        "nul\u{FFFD}name"
+    );
+    let episodes = db::episodes_of(&h.db, a.id).await.unwrap();
+    let output = episodes[0].commands.as_ref().unwrap()[0]["output"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(output.contains("before\u{FFFD}after"), "{output:?}");
+}
