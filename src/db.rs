@@ -115,6 +115,40 @@ pub async fn queued_jobs(db: &impl ConnectionTrait, limit: u64) -> Result<Vec<jo
         .await
 }
 
+/// Queued jobs to offer, at most `per_owner` of each owner: every owner's oldest job first, owners in the order of
+/// how long they have waited since last served, then every owner's second job, and so on. However long one owner's
+/// backlog is, every owner with a queued job is seen (up to `limit` owners), so the owner whose turn it is always is.
+pub async fn queued_jobs_fairly(
+    db: &impl ConnectionTrait,
+    per_owner: u64,
+    limit: u64,
+) -> Result<Vec<job::Model>, DbErr> {
+    if db.get_database_backend() != sea_orm::DbBackend::Postgres {
+        return queued_jobs(db, limit).await;
+    }
+    let sql = "WITH q AS (
+            SELECT j.*, COALESCE(j.owner_id, j.id) AS owner_key,
+                   row_number() OVER (PARTITION BY COALESCE(j.owner_id, j.id) ORDER BY j.created_at, j.id) AS nth,
+                   min(j.created_at) OVER (PARTITION BY COALESCE(j.owner_id, j.id)) AS first_queued
+            FROM jobs j WHERE j.status = 'queued'
+        )
+        SELECT q.id, q.task_name, q.status, q.runs_requested, q.runs_completed, q.zip_object_url, q.owner_id,
+               q.error_message, q.metadata, q.created_at, q.updated_at
+        FROM q LEFT JOIN tbw_owner_turns t ON t.owner_key = q.owner_key
+        WHERE q.nth <= $1
+        ORDER BY q.nth, GREATEST(COALESCE(t.last_served_at, '-infinity'), q.first_queued), q.owner_key
+        LIMIT $2";
+    let values = vec![(per_owner as i64).into(), (limit as i64).into()];
+    job::Entity::find()
+        .from_raw_sql(sea_orm::Statement::from_sql_and_values(
+            sea_orm::DbBackend::Postgres,
+            sql,
+            values,
+        ))
+        .all(db)
+        .await
+}
+
 /// Move a job from `from` to `to` if (and only if) it is still in `from`. Returns whether it moved.
 pub async fn transition_job(
     db: &impl ConnectionTrait,

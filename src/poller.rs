@@ -64,7 +64,10 @@ impl Poller {
     /// Offer every queued job not held yet to the pipeline. Returns how many were offered.
     pub async fn poll_once(&mut self) -> Result<usize, DbErr> {
         self.reap();
-        let queued = db::queued_jobs(&self.worker.db, POLL_BATCH).await?;
+        let config = &self.worker.config;
+        // As many of an owner's jobs as the pipeline can hold for one owner; more would only be refused.
+        let per_owner = (config.max_active_jobs_per_user + config.max_queued_jobs_per_user) as u64;
+        let queued = db::queued_jobs_fairly(&self.worker.db, per_owner, POLL_BATCH).await?;
         let mut offered = 0;
         for job in queued {
             if !self.held.insert(job.id) {

@@ -311,3 +311,33 @@ async fn a_worker_does_not_rescue_its_own_claims_and_a_claim_never_revives_a_can
     let row = db::find_job(&conn, cancelled).await.unwrap().unwrap();
     assert!(row.is_cancelled(), "{row:?}");
 }
+
+#[tokio::test]
+async fn a_long_backlog_never_hides_another_owners_job_from_the_poll() {
+    let (conn, users) = setup().await;
+    for _ in 0..20 {
+        queue(&conn, users[0]).await;
+    }
+    let late = queue(&conn, users[1]).await;
+    // Owner 0 was just served: owner 1 has waited longer since being served.
+    conn.execute_unprepared(&format!(
+        "INSERT INTO tbw_owner_turns (owner_key, last_served_at) VALUES ('{}', now())",
+        users[0]
+    ))
+    .await
+    .unwrap();
+    let offered = db::queued_jobs_fairly(&conn, 2, 3).await.unwrap();
+    assert_eq!(offered.len(), 3);
+    assert_eq!(
+        offered[0].id, late,
+        "the owner whose turn it is comes first"
+    );
+    assert_eq!(
+        offered
+            .iter()
+            .filter(|j| j.owner_id == Some(users[0]))
+            .count(),
+        2,
+        "at most 2 per owner"
+    );
+}
