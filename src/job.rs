@@ -220,7 +220,10 @@ impl Worker {
             .as_deref()
             .filter(|u| !u.trim().is_empty())
             .ok_or(JobError::NoArchive)?;
-        let archive = self.store.get(url, self.config.max_archive_bytes).await?;
+        let archive = tokio::select! {
+            archive = self.store.get(url, self.config.max_archive_bytes) => archive?,
+            _ = stop.stopped() => return Err(JobError::Stopped),
+        };
         let task_dir = scratch.join("task");
         let limits = ExtractLimits {
             max_archive_bytes: self.config.max_archive_bytes,

@@ -459,3 +459,41 @@ async fn nul_bytes_in_output_do_not_stop_the_record() {
         .to_string();
     assert!(output.contains("before\u{FFFD}after"), "{output:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_output_is_kept_truncated_not_lost() {
+    let h = harness(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let task = write_task(
+        dir.path(),
+        "chatty",
+        &[
+            ("task.toml", ""),
+            ("environment/Dockerfile", DOCKERFILE),
+            (
+                "solution/solve.sh",
+                "#!/bin/bash\nhead -c 1000000 /dev/zero | tr '\\0' 'a'\ntouch /app/done\n",
+            ),
+            ("tests/test.sh", TEST_DONE),
+        ],
+    );
+    let job = submit::submit(&h.worker, &task, 1, None).await.unwrap();
+    let done = h.run_until_final(job.id, Duration::from_secs(120)).await;
+    assert_eq!(done.status, JobStatus::Completed);
+    let a = &db::attempts_of(&h.db, job.id).await.unwrap()[0];
+    let episodes = db::episodes_of(&h.db, a.id).await.unwrap();
+    let output = episodes[0].commands.as_ref().unwrap()[0]["output"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        output.starts_with("aaaa") && output.ends_with("[truncated]"),
+        "{} chars",
+        output.len()
+    );
+    // The whole file is in the trial folder.
+    let full = h
+        .object_text(&format!("results/{}/attempt-0/agent/oracle.txt", job.id))
+        .await;
+    assert_eq!(full.len(), 1_000_000);
+}

@@ -27,6 +27,11 @@ use crate::stop::{Stop, StopReason};
 use crate::store::ArtifactStore;
 use crate::task::Task;
 
+/// Longest wait for the trial folder's upload.
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(600);
+/// Longest wait for removing the attempt's environment.
+const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Everything an attempt needs that its job prepared.
 #[derive(Clone)]
 pub struct AttemptContext {
@@ -172,12 +177,19 @@ pub async fn run_attempt(
     }
     if let Some(sb) = sandbox {
         let started = Instant::now();
-        if let Err(e) = sb
-            .remove()
-            .instrument(tracing::info_span!("teardown"))
-            .await
-        {
-            tracing::warn!(sandbox = sb.id(), error = %e, "could not remove the attempt's environment; it will be swept later");
+        let teardown = tokio::time::timeout(
+            TEARDOWN_TIMEOUT,
+            sb.remove().instrument(tracing::info_span!("teardown")),
+        );
+        match teardown.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(sandbox = sb.id(), error = %e, "could not remove the attempt's environment; it will be swept later")
+            }
+            Err(_) => tracing::warn!(
+                sandbox = sb.id(),
+                "removing the attempt's environment took too long; it will be swept later"
+            ),
         }
         out.timing.teardown = Some(started.elapsed());
     }
@@ -187,9 +199,19 @@ pub async fn run_attempt(
     if keep_logs {
         let prefix = format!("results/{}/attempt-{}", ctx.job_id, attempt.index);
         let upload = trial::write_and_upload(ctx, &out, &trial_dir, &prefix);
-        match upload.instrument(tracing::info_span!("upload")).await {
-            Ok(url) => out.log_path = Some(url),
-            Err(e) => tracing::warn!(error = %e, "could not upload the attempt's trial folder"),
+        // Bounded, so a hanging store cannot keep the attempt (and its job) running forever.
+        match tokio::time::timeout(
+            UPLOAD_TIMEOUT,
+            upload.instrument(tracing::info_span!("upload")),
+        )
+        .await
+        {
+            Ok(Ok(url)) => out.log_path = Some(url),
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not upload the attempt's trial folder"),
+            Err(_) => tracing::warn!(
+                limit_s = UPLOAD_TIMEOUT.as_secs(),
+                "uploading the trial folder took too long; gave up"
+            ),
         }
     }
     if let Err(e) = tokio::fs::remove_dir_all(&scratch).await

@@ -204,6 +204,10 @@ fn environment_digest(dir: &Path) -> Result<String, RuntimeError> {
             .strip_prefix(dir)
             .unwrap_or(entry.path())
             .hash(&mut hasher);
+        // Permissions are part of what the image gets (an executable bit changes the build's result).
+        if let Ok(meta) = entry.metadata() {
+            std::os::unix::fs::PermissionsExt::mode(&meta.permissions()).hash(&mut hasher);
+        }
         if entry.file_type().is_file() {
             let data =
                 std::fs::read(entry.path()).map_err(|e| RuntimeError::Build(e.to_string()))?;
@@ -540,31 +544,31 @@ impl DockerSandbox {
         })
     }
 
-    async fn download(&self, path: &str, limit: u64) -> Result<Option<Vec<u8>>, RuntimeError> {
-        let mut stream = self.docker.download_from_container(
-            &self.id,
-            Some(
-                DownloadFromContainerOptionsBuilder::new()
-                    .path(path)
-                    .build(),
-            ),
-        );
+    /// A tar stream of `path` from the container: its first `limit` bytes, and whether there was more.
+    async fn download(
+        &self,
+        path: &str,
+        limit: u64,
+    ) -> Result<Option<(Vec<u8>, bool)>, RuntimeError> {
+        let options = DownloadFromContainerOptionsBuilder::new()
+            .path(path)
+            .build();
+        let mut stream = self.docker.download_from_container(&self.id, Some(options));
         let mut data = Vec::new();
         while let Some(chunk) = stream.next().await {
             match chunk {
                 Ok(bytes) => {
-                    data.extend_from_slice(&bytes);
-                    if data.len() as u64 > limit {
-                        return Err(RuntimeError::Backend(format!(
-                            "{path} is larger than {limit} bytes"
-                        )));
+                    let room = (limit as usize).saturating_sub(data.len());
+                    data.extend_from_slice(&bytes[..bytes.len().min(room)]);
+                    if bytes.len() > room {
+                        return Ok(Some((data, true)));
                     }
                 }
                 Err(e) if is_not_found(&e) => return Ok(None),
                 Err(e) => return Err(backend(e)),
             }
         }
-        Ok(Some(data))
+        Ok(Some((data, false)))
     }
 }
 
@@ -613,35 +617,48 @@ impl Sandbox for DockerSandbox {
     }
 
     async fn read_file(&self, path: &str, max_bytes: u64) -> Result<Option<Vec<u8>>, RuntimeError> {
-        let Some(archive) = self
+        // The tar header comes first; a file longer than `max_bytes` arrives cut short, and its first `max_bytes`
+        // are what the caller asked for.
+        let Some((archive, _)) = self
             .download(path, max_bytes.saturating_add(64 * 1024))
             .await?
         else {
             return Ok(None);
         };
         let mut tar = tar::Archive::new(archive.as_slice());
-        for entry in tar.entries().map_err(backend)? {
-            let entry = entry.map_err(backend)?;
-            if entry.header().entry_type().is_file() {
-                let mut data = Vec::new();
-                entry
-                    .take(max_bytes)
-                    .read_to_end(&mut data)
-                    .map_err(backend)?;
-                return Ok(Some(data));
-            }
+        let Some(entry) = tar.entries().map_err(backend)?.next() else {
+            return Ok(None);
+        };
+        let entry = entry.map_err(backend)?;
+        if !entry.header().entry_type().is_file() {
+            return Ok(None);
         }
-        Ok(None)
+        let mut data = Vec::new();
+        match entry.take(max_bytes).read_to_end(&mut data) {
+            Ok(_) => Ok(Some(data)),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(Some(data)),
+            Err(e) => Err(backend(e)),
+        }
     }
 
     async fn copy_dir_out(&self, path: &str, host_dir: &Path) -> Result<(), RuntimeError> {
-        let Some(archive) = self.download(path, MAX_COPY_OUT_BYTES).await? else {
+        let Some((archive, cut)) = self.download(path, MAX_COPY_OUT_BYTES).await? else {
             return Ok(());
         };
         let dest = host_dir.to_path_buf();
-        tokio::task::spawn_blocking(move || unpack_contents(&archive, &dest))
+        let unpacked = tokio::task::spawn_blocking(move || unpack_contents(&archive, &dest))
             .await
-            .map_err(backend)?
+            .map_err(backend)?;
+        if cut {
+            // What fitted is kept; the archive ends mid-file, so the unpacker's complaint about that is expected.
+            tracing::warn!(
+                path,
+                limit = MAX_COPY_OUT_BYTES,
+                "the folder is larger than the limit; the rest is left out"
+            );
+            return Ok(());
+        }
+        unpacked
     }
 
     async fn kill_processes(&self) -> Result<(), RuntimeError> {
