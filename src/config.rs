@@ -74,7 +74,7 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub struct Config {
     /// `DATABASE_URL`: PostgreSQL (daemon) or SQLite (embedded default). `None` means the embedded default.
-    pub database_url: Option<String>,
+    pub database_url: Option<Secret>,
     /// S3 settings; `None` means the local-folder artifact store.
     pub s3: Option<S3Config>,
     /// Terminus 2 settings; `None` means the oracle agent.
@@ -341,7 +341,7 @@ impl Config {
             return Err(ConfigError(r.problems));
         }
         Ok(Config {
-            database_url,
+            database_url: database_url.map(Secret::new),
             s3,
             openai,
             poll_interval: Duration::from_millis(poll_ms),
@@ -504,13 +504,20 @@ mod tests {
             ("S3_ENDPOINT", "http://127.0.0.1:8014"),
             ("OPENAI_API_KEY", "sk-abcdef"),
             ("HARBOR_MODEL", "gpt-test"),
+            ("DATABASE_URL", "postgres://app:pg-password-789@db/platform"),
         ])
         .unwrap();
         let s3 = c.s3.as_ref().unwrap();
         assert_eq!(s3.secret_access_key.expose(), "secret-456");
         assert_eq!(c.openai.as_ref().unwrap().model, "gpt-test");
         let debug = format!("{c:?}");
-        for secret in ["key-id-123", "secret-456", "sk-abcdef", "sk-"] {
+        for secret in [
+            "key-id-123",
+            "secret-456",
+            "sk-abcdef",
+            "sk-",
+            "pg-password-789",
+        ] {
             assert!(!debug.contains(secret), "secret leaked in Debug: {debug}");
         }
     }

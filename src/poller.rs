@@ -237,7 +237,7 @@ pub async fn run(
         if let Some(url) = worker.config.database_url.clone() {
             helpers.spawn(listener::run(
                 worker.clone(),
-                url,
+                url.expose().to_string(),
                 poke.clone(),
                 background.clone(),
             ));

@@ -23,7 +23,7 @@ pub enum Mode {
 
 /// Where each part of an assembled worker comes from, for the `run` output.
 pub fn describe(config: &Config, worker: &Worker) -> Vec<(String, String)> {
-    let database = match &config.database_url {
+    let database = match config.database_url.as_ref().map(|u| u.expose()) {
         Some(url) if url.starts_with("sqlite:") => "SQLite (DATABASE_URL)".to_string(),
         Some(_) => "PostgreSQL (DATABASE_URL)".to_string(),
         None => format!(
@@ -63,7 +63,7 @@ pub async fn worker(config: &Config, mode: Mode) -> eyre::Result<Worker> {
         )
     })?;
     let url = match &config.database_url {
-        Some(url) => url.clone(),
+        Some(url) => url.expose().to_string(),
         None => format!("sqlite://{}?mode=rwc", sqlite_path(config).display()),
     };
     // The URL may hold a password: errors name the kind of database only.
