@@ -397,6 +397,17 @@ pub async fn running_jobs(db: &impl ConnectionTrait) -> Result<Vec<job::Model>, 
         .await
 }
 
+/// The attempts of a cancelled job that had not finished: `failed` with `CancellationError`.
+async fn fail_cancelled_attempts(txn: &impl ConnectionTrait, job_id: Uuid) -> Result<u64, DbErr> {
+    fail_unfinished_attempts(
+        txn,
+        job_id,
+        "CancellationError",
+        "the job was cancelled before this attempt ran",
+    )
+    .await
+}
+
 /// How a claimed job ends, as written by [`finish_job`].
 #[derive(Debug, Clone)]
 pub enum Finish {
@@ -453,13 +464,7 @@ pub async fn finish_job(
             changed
         }
         Finish::Cancelled => {
-            fail_unfinished_attempts(
-                &txn,
-                job_id,
-                "CancellationError",
-                "the job was cancelled before this attempt ran",
-            )
-            .await?;
+            fail_cancelled_attempts(&txn, job_id).await?;
             true
         }
         Finish::Released => {
@@ -472,13 +477,7 @@ pub async fn finish_job(
                     .await?
                     .is_some_and(|j| j.is_cancelled())
             {
-                fail_unfinished_attempts(
-                    &txn,
-                    job_id,
-                    "CancellationError",
-                    "the job was cancelled before this attempt ran",
-                )
-                .await?;
+                fail_cancelled_attempts(&txn, job_id).await?;
             }
             released
         }

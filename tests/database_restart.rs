@@ -86,21 +86,10 @@ impl Drop for PrivatePostgres {
 }
 
 fn spawn_worker(h: &Harness, log: &Path) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_terminal-bench-worker"));
-    cmd.env_clear().current_dir(h.work.path());
-    for var in ["PATH", "HOME", "DOCKER_HOST"] {
-        if let Some(v) = std::env::var_os(var) {
-            cmd.env(var, v);
-        }
-    }
-    cmd.env("DATABASE_URL", &h.test_db.url)
-        .env("WORKER_WORK_DIR", h.work.path())
-        .env("WORKER_LEASE_SECS", "3")
+    let mut cmd = worker_command(h, h.work.path());
+    cmd.env("WORKER_LEASE_SECS", "3")
         .env("WORKER_POLL_INTERVAL_MS", "1000")
         .env("LOG_LEVEL", "info");
-    for (k, v) in s3_vars(&h.bucket) {
-        cmd.env(k, v);
-    }
     cmd.arg("worker")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap());

@@ -66,22 +66,11 @@ fn spawn_worker(h: &Harness, name: &str, extra: &[(&str, &str)]) -> WorkerProces
     let logs = std::env::temp_dir().join("tbw-worker-logs");
     std::fs::create_dir_all(&logs).unwrap();
     let log = logs.join(format!("{}-{name}.log", h.test_db.name));
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_terminal-bench-worker"));
-    cmd.env_clear().current_dir(&work);
-    for var in ["PATH", "HOME", "DOCKER_HOST"] {
-        if let Some(v) = std::env::var_os(var) {
-            cmd.env(var, v);
-        }
-    }
-    cmd.env("DATABASE_URL", &h.test_db.url)
-        .env("WORKER_WORK_DIR", &work)
-        .env("WORKER_LEASE_SECS", "3")
+    let mut cmd = worker_command(h, &work);
+    cmd.env("WORKER_LEASE_SECS", "3")
         .env("WORKER_POLL_INTERVAL_MS", "1000")
         .env("DEFAULT_MEMORY_MB", "256")
         .env("LOG_LEVEL", "info,terminal_bench_worker=debug");
-    for (k, v) in s3_vars(&h.bucket) {
-        cmd.env(k, v);
-    }
     for (k, v) in extra {
         cmd.env(k, v);
     }

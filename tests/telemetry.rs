@@ -103,20 +103,9 @@ async fn each_attempt_is_a_trace_with_its_phases_and_no_secrets() {
         .await
         .unwrap();
 
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_terminal-bench-worker"));
-    cmd.env_clear().current_dir(h.work.path());
-    for var in ["PATH", "HOME", "DOCKER_HOST"] {
-        if let Some(v) = std::env::var_os(var) {
-            cmd.env(var, v);
-        }
-    }
-    cmd.env("DATABASE_URL", &h.test_db.url)
-        .env("WORKER_WORK_DIR", h.work.path())
-        .env("WORKER_POLL_INTERVAL_MS", "500")
+    let mut cmd = worker_command(&h, h.work.path());
+    cmd.env("WORKER_POLL_INTERVAL_MS", "500")
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &url);
-    for (k, v) in s3_vars(&h.bucket) {
-        cmd.env(k, v);
-    }
     let mut child = cmd
         .arg("worker")
         .stdout(Stdio::null())
