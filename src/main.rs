@@ -33,7 +33,7 @@ enum Command {
     /// Run the worker daemon: poll for queued jobs and process them (needs DATABASE_URL, S3_* and Docker).
     Worker {
         /// Seconds running jobs get to finish after SIGTERM/SIGINT before they are released back to the queue.
-        #[arg(long, env = "WORKER_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+        #[arg(long, env = "WORKER_SHUTDOWN_GRACE_SECS", default_value_t = poller::DEFAULT_SHUTDOWN_GRACE.as_secs())]
         shutdown_grace_secs: u64,
     },
     /// Upload a task (folder or zip) and queue a job for it, as the web application does.

@@ -154,23 +154,6 @@ async fn python_tests_task_installs_packages_and_reports_each_test() {
     }
 }
 
-/// A task whose solution sleeps, to watch concurrency and cancellation.
-fn sleepy_task(parent: &std::path::Path, seconds: u32) -> std::path::PathBuf {
-    write_task(
-        parent,
-        "sleepy",
-        &[
-            ("task.toml", "[agent]\ntimeout_sec = 300.0\n"),
-            ("environment/Dockerfile", DOCKERFILE),
-            (
-                "solution/solve.sh",
-                &format!("#!/bin/bash\nsleep {seconds}\ntouch /app/done\n"),
-            ),
-            ("tests/test.sh", TEST_DONE),
-        ],
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attempts_run_concurrently_up_to_the_per_job_limit() {
     let h = harness(&[("MAX_CONCURRENT_ATTEMPTS_PER_JOB", "2")]).await;

@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -80,22 +80,6 @@ fn spawn_worker(h: &Harness, name: &str, extra: &[(&str, &str)]) -> WorkerProces
         child: cmd.spawn().unwrap(),
         log,
     }
-}
-
-fn sleepy_task(parent: &Path, seconds: u32) -> PathBuf {
-    write_task(
-        parent,
-        &format!("sleep-{seconds}"),
-        &[
-            ("task.toml", ""),
-            ("environment/Dockerfile", DOCKERFILE),
-            (
-                "solution/solve.sh",
-                &format!("#!/bin/bash\nsleep {seconds}\ntouch /app/done\n"),
-            ),
-            ("tests/test.sh", TEST_DONE),
-        ],
-    )
 }
 
 async fn scalar_i64(db: &DatabaseConnection, sql: &str) -> i64 {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use entity::job::{self, JobStatus};
+use entity::job;
 use sea_orm::{ConnectionTrait, DatabaseConnection};
 use terminal_bench_worker::config::Config;
 use terminal_bench_worker::job::Worker;
@@ -301,6 +301,19 @@ if [ -f /app/done ]; then echo 1 > /logs/verifier/reward.txt; else echo 0 > /log
 echo "checked /app/done"
 "#;
 
-pub fn job_status(j: &job::Model) -> JobStatus {
-    j.status
+/// A task whose solution sleeps `seconds`, to watch concurrency, cancellation, deadlines and shutdown.
+pub fn sleepy_task(parent: &Path, seconds: u32) -> PathBuf {
+    write_task(
+        parent,
+        &format!("sleep-{seconds}"),
+        &[
+            ("task.toml", ""),
+            ("environment/Dockerfile", DOCKERFILE),
+            (
+                "solution/solve.sh",
+                &format!("#!/bin/bash\nsleep {seconds}\ntouch /app/done\n"),
+            ),
+            ("tests/test.sh", TEST_DONE),
+        ],
+    )
 }
