@@ -19,7 +19,7 @@ use crate::attempt::{self, AttemptContext, AttemptId, AttemptOutcome, humanize};
 use crate::claims::{Claim, FenceError, LeaseLost, Leases};
 use crate::config::Config;
 use crate::db::{self, Finish};
-use crate::layers::Elapsed;
+use tower_keyed::Elapsed;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::stop::{Stop, StopReason};
 use crate::store::{ArtifactStore, StoreError};

@@ -30,7 +30,7 @@ use uuid::Uuid;
 use crate::claims;
 use crate::db;
 use crate::job::{JobSummary, Worker};
-use crate::layers::{
+use tower_keyed::{
     FairQueueLayer, GlobalConcurrencyLimitLayer, Keyed, PerUserLimitLayer, TimeoutLayer, TraceLayer,
 };
 use crate::stop::{Stop, StopReason};
@@ -178,7 +178,7 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
-    use crate::layers::{Elapsed, UserQueueFull};
+    use tower_keyed::{Elapsed, UserQueueFull};
 
     fn job(owner: u128, n: i32) -> JobRequest {
         let now = chrono::Utc::now().fixed_offset();

@@ -22,7 +22,7 @@ use crate::attempt::humanize;
 use crate::claims;
 use crate::db;
 use crate::job::Worker;
-use crate::layers::{Elapsed, UserQueueFull};
+use tower_keyed::{Elapsed, UserQueueFull};
 use crate::listener;
 use crate::pipeline::{self, AttemptFanout, JobPipeline, JobRequest, NotQueued, ShuttingDown};
 use crate::stop::StopReason;

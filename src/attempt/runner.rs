@@ -21,7 +21,7 @@ use tower::{BoxError, Service, ServiceBuilder};
 use super::agent::ORACLE;
 use super::{AttemptContext, AttemptId, AttemptOutcome, Interrupted, run_attempt};
 use crate::db;
-use crate::layers::{TimeoutLayer, TraceLayer};
+use tower_keyed::{TimeoutLayer, TraceLayer};
 use crate::stop::StopReason;
 
 /// The type-erased attempt stack.

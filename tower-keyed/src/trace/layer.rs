@@ -1,5 +1,5 @@
 use super::service::Trace;
-use crate::layers::Keyed;
+use crate::Keyed;
 use tower_layer::Layer;
 
 /// Makes the span of a request.

@@ -1,5 +1,5 @@
 use super::service::FairQueue;
-use crate::layers::{BoxError, Keyed};
+use crate::{BoxError, Keyed};
 use std::{fmt, marker::PhantomData};
 use tower::Service;
 use tower_layer::Layer;

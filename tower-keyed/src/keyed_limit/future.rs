@@ -1,7 +1,7 @@
 //! The [`PerUserLimit`](super::PerUserLimit) response future.
 
 use super::{error::UserQueueFull, service::KeyGuard};
-use crate::layers::BoxError;
+use crate::BoxError;
 use pin_project_lite::pin_project;
 use std::{
     fmt,

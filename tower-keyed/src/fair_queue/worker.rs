@@ -1,8 +1,8 @@
 //! The task that owns the inner service and decides which key goes next.
 
 use super::error::QueueClosed;
-use crate::layers::{BoxError, Keyed};
-use futures::task::AtomicWaker;
+use crate::{BoxError, Keyed};
+use futures_util::task::AtomicWaker;
 use std::{
     collections::{HashMap, VecDeque, hash_map::Entry},
     error::Error,

@@ -20,8 +20,8 @@ pub use self::{error::UserQueueFull, layer::PerUserLimitLayer, service::PerUserL
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layers::{BoxError, Keyed};
-    use futures::{FutureExt, poll};
+    use crate::{BoxError, Keyed};
+    use futures_util::{FutureExt, poll};
     use std::time::Duration;
     use tokio::{task::JoinHandle, time::timeout};
     use tower::{Layer, Service, ServiceExt, service_fn};
@@ -30,7 +30,7 @@ mod tests {
         mock::{self, Mock},
     };
 
-    use crate::layers::test_support::{Req, req};
+    use crate::test_support::{Req, req};
 
     type Limited = PerUserLimit<Mock<Req, &'static str>, &'static str>;
     type MockHandle = mock::Handle<Req, &'static str>;

@@ -1,6 +1,6 @@
 //! The [`Trace`](super::Trace) response future.
 
-use crate::layers::BoxError;
+use crate::BoxError;
 use pin_project_lite::pin_project;
 use std::{
     future::Future,

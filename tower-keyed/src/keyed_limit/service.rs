@@ -1,5 +1,5 @@
 use super::{error::UserQueueFull, future::ResponseFuture};
-use crate::layers::{BoxError, Keyed};
+use crate::{BoxError, Keyed};
 use std::{
     collections::HashMap,
     fmt,

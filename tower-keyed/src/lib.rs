@@ -7,9 +7,9 @@
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), terminal_bench_worker::layers::BoxError> {
+//! # async fn main() -> Result<(), tower_keyed::BoxError> {
 //! use std::time::Duration;
-//! use terminal_bench_worker::layers::{
+//! use tower_keyed::{
 //!     BoxError, FairQueueLayer, GlobalConcurrencyLimitLayer, Keyed, PerUserLimitLayer, TimeoutLayer, TraceLayer,
 //!     UserQueueFull,
 //! };
@@ -72,11 +72,11 @@
 //! fair-queue slot and, once dispatched, its global slot.
 
 pub mod fair_queue;
-pub mod per_user_limit;
+pub mod keyed_limit;
 pub mod trace;
 
 pub use fair_queue::{FairQueue, FairQueueLayer, QueueClosed};
-pub use per_user_limit::{PerUserLimit, PerUserLimitLayer, UserQueueFull};
+pub use keyed_limit::{PerUserLimit, PerUserLimitLayer, UserQueueFull};
 pub use tower::limit::GlobalConcurrencyLimitLayer;
 pub use tower::timeout::{TimeoutLayer, error::Elapsed};
 pub use trace::{KeyedSpan, MakeSpan, Trace, TraceLayer};

@@ -27,13 +27,13 @@ pub use self::{error::QueueClosed, layer::FairQueueLayer, service::FairQueue};
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layers::BoxError;
+    use crate::BoxError;
     use std::{error::Error, time::Duration};
     use tokio::{task::JoinHandle, time::timeout};
     use tower::{Service, ServiceExt};
     use tower_test::mock::{self, Spawn};
 
-    use crate::layers::test_support::{Req, req};
+    use crate::test_support::{Req, req};
 
     type Queue = FairQueue<Req, mock::future::ResponseFuture<&'static str>>;
     type MockHandle = mock::Handle<Req, &'static str>;

@@ -1,5 +1,5 @@
 use super::{future::ResponseFuture, layer::MakeSpan};
-use crate::layers::BoxError;
+use crate::BoxError;
 use std::task::{Context, Poll};
 use tokio::time::Instant;
 use tower::Service;

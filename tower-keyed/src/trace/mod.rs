@@ -6,7 +6,7 @@
 //! from the call.
 //!
 //! The span comes from a [`MakeSpan`]: any `Fn(&Req) -> Span` closure ([`TraceLayer::new`]), or [`KeyedSpan`]
-//! ([`TraceLayer::keyed`]) for [`Keyed`](crate::layers::Keyed) requests.
+//! ([`TraceLayer::keyed`]) for [`Keyed`](crate::Keyed) requests.
 
 pub mod future;
 mod layer;
@@ -20,7 +20,7 @@ pub use self::{
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layers::{BoxError, Keyed};
+    use crate::{BoxError, Keyed};
     use std::{
         collections::HashMap,
         fmt,

@@ -11,8 +11,8 @@
 
 use std::time::Instant;
 
-use futures::StreamExt;
-use terminal_bench_worker::layers::{FairQueueLayer, Keyed, PerUserLimit, PerUserLimitLayer};
+use futures_util::StreamExt;
+use tower_keyed::{FairQueueLayer, Keyed, PerUserLimit, PerUserLimitLayer};
 use tower::{Layer, ServiceExt, service_fn};
 
 #[derive(Debug, Clone)]
@@ -53,7 +53,7 @@ async fn main() {
     let mut peak_keys = 0;
     let mut peak_rss = before;
     let mut done = 0u64;
-    let mut stream = futures::stream::iter(0..requests)
+    let mut stream = futures_util::stream::iter(0..requests)
         .map(|user| limit.clone().oneshot(Request(user)))
         .buffer_unordered(64);
     while let Some(result) = stream.next().await {

@@ -13,7 +13,7 @@ use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
-use terminal_bench_worker::layers::{
+use tower_keyed::{
     BoxError, Elapsed, FairQueueLayer, GlobalConcurrencyLimitLayer, Keyed, PerUserLimitLayer,
     TimeoutLayer, TraceLayer, UserQueueFull,
 };

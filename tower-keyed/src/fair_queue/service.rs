@@ -2,7 +2,7 @@ use super::{
     future::ResponseFuture,
     worker::{Message, Shared, Worker},
 };
-use crate::layers::{BoxError, Keyed};
+use crate::{BoxError, Keyed};
 use std::{
     fmt,
     future::Future,

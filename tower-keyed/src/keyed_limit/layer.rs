@@ -4,7 +4,7 @@ use tower_layer::Layer;
 
 /// Applies [`PerUserLimit`] to a service: at most `max_active` requests per key in flight, `max_waiting` more waiting.
 ///
-/// `K` is the key type ([`Keyed::Key`](crate::layers::Keyed::Key)); it is normally inferred from the requests the
+/// `K` is the key type ([`Keyed::Key`](crate::Keyed::Key)); it is normally inferred from the requests the
 /// service is called with. Every service made by one layer value has its own keyed state; clone the *service* to
 /// share a limit.
 pub struct PerUserLimitLayer<K> {
