@@ -22,7 +22,7 @@ use crate::attempt::humanize;
 use crate::claims;
 use crate::db;
 use crate::job::Worker;
-use tower_keyed::{Elapsed, UserQueueFull};
+use tower_keyed::{Elapsed, KeyQueueFull};
 use crate::listener;
 use crate::pipeline::{self, AttemptFanout, JobPipeline, JobRequest, NotQueued, ShuttingDown};
 use crate::stop::StopReason;
@@ -107,7 +107,7 @@ impl Poller {
         };
         self.held.remove(&id);
         let Err(e) = result else { return true };
-        if e.is::<UserQueueFull>() {
+        if e.is::<KeyQueueFull>() {
             tracing::debug!(job = %id, "the owner's waiting room is full; the job stays queued for a later poll");
             return false;
         } else if e.is::<NotQueued>() || e.is::<ShuttingDown>() || e.is::<claims::Refused>() {

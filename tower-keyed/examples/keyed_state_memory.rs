@@ -1,6 +1,6 @@
 //! Benchmark: memory and time of the keyed layers over a day's worth of distinct users.
 //!
-//! Sends 1,000,000 requests, each from a user never seen before, through `PerUserLimit` and `FairQueue` (64 in
+//! Sends 1,000,000 requests, each from a user never seen before, through `KeyedLimit` and `FairQueue` (64 in
 //! flight at a time), and prints the process's resident memory before, during and after, the number of keys still
 //! held, and the throughput. Keyed state is freed when a key goes idle, so memory after the run should be back near
 //! where it started instead of growing with the number of users.
@@ -12,8 +12,8 @@
 use std::time::Instant;
 
 use futures_util::StreamExt;
-use tower_keyed::{FairQueueLayer, Keyed, PerUserLimit, PerUserLimitLayer};
 use tower::{Layer, ServiceExt, service_fn};
+use tower_keyed::{FairQueueLayer, Keyed, KeyedLimit, KeyedLimitLayer};
 
 #[derive(Debug, Clone)]
 struct Request(u64);
@@ -44,7 +44,7 @@ async fn main() {
         .unwrap_or(1_000_000);
     let backend = service_fn(|r: Request| async move { Ok::<_, tower::BoxError>(r.0) });
     let queued = FairQueueLayer::new(1024).layer(backend);
-    let limit: PerUserLimit<_, u64> = PerUserLimitLayer::new(1, 5).layer(queued);
+    let limit: KeyedLimit<_, u64> = KeyedLimitLayer::new(1, 5).layer(queued);
 
     println!("keyed layers, {requests} requests from {requests} distinct users, 64 in flight");
     let before = rss_mib();

@@ -10,8 +10,8 @@
 //! # async fn main() -> Result<(), tower_keyed::BoxError> {
 //! use std::time::Duration;
 //! use tower_keyed::{
-//!     BoxError, FairQueueLayer, GlobalConcurrencyLimitLayer, Keyed, PerUserLimitLayer, TimeoutLayer, TraceLayer,
-//!     UserQueueFull,
+//!     BoxError, FairQueueLayer, GlobalConcurrencyLimitLayer, Keyed, KeyedLimitLayer, TimeoutLayer, TraceLayer,
+//!     KeyQueueFull,
 //! };
 //! use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 //!
@@ -28,7 +28,7 @@
 //! }
 //!
 //! let mut uploads = ServiceBuilder::new()
-//!     .layer(PerUserLimitLayer::new(1, 5))
+//!     .layer(KeyedLimitLayer::new(1, 5))
 //!     .layer(FairQueueLayer::new(64))
 //!     .layer(GlobalConcurrencyLimitLayer::new(5))
 //!     .layer(TraceLayer::keyed("upload"))
@@ -38,7 +38,7 @@
 //! let request = Upload { tenant: "acme".into(), bytes: 42 };
 //! match uploads.ready().await?.call(request).await {
 //!     Ok(stored) => assert_eq!(stored, 42),
-//!     Err(error) if error.is::<UserQueueFull>() => println!("acme has too many uploads waiting; try later"),
+//!     Err(error) if error.is::<KeyQueueFull>() => println!("acme has too many uploads waiting; try later"),
 //!     Err(error) => return Err(error),
 //! }
 //! # Ok(()) }
@@ -49,7 +49,7 @@
 //! The layers are meant to be stacked outermost first as
 //!
 //! ```text
-//! PerUserLimit → FairQueue → GlobalConcurrencyLimit (tower) → Trace → Timeout (tower) → service
+//! KeyedLimit → FairQueue → GlobalConcurrencyLimit (tower) → Trace → Timeout (tower) → service
 //! ```
 //!
 //! and each position is chosen for a reason:
@@ -59,7 +59,7 @@
 //!   requests beyond the global limit wait *in the fair queue*, where the worker still chooses which key goes next.
 //!   Behind the limit, requests would wait for the limit's permits first come, first served, and the queue would only
 //!   ever see requests that already hold a slot.
-//! - **`PerUserLimit` first.** A key's requests beyond its `max_active` wait in the per-user limit, not in the fair
+//! - **`KeyedLimit` first.** A key's requests beyond its `max_active` wait in the keyed limit, not in the fair
 //!   queue, and those beyond `max_waiting` more are refused at once. So one key's backlog takes at most `max_active`
 //!   places of the fair queue's capacity and cannot crowd out other keys; behind the queue, a burst from one key would
 //!   fill the queue before any per-key rule applied.
@@ -72,27 +72,33 @@
 //! fair-queue slot and, once dispatched, its global slot.
 
 pub mod fair_queue;
+mod key;
 pub mod keyed_limit;
 pub mod trace;
 
+pub use key::{ExtractKey, KeyFromRequest, Keyed};
+
 pub use fair_queue::{FairQueue, FairQueueLayer, QueueClosed};
-pub use keyed_limit::{PerUserLimit, PerUserLimitLayer, UserQueueFull};
+pub use keyed_limit::{KeyQueueFull, KeyedLimit, KeyedLimitLayer};
 pub use tower::limit::GlobalConcurrencyLimitLayer;
 pub use tower::timeout::{TimeoutLayer, error::Elapsed};
 pub use trace::{KeyedSpan, MakeSpan, Trace, TraceLayer};
 
 /// The error type of every layer's service: inner errors are boxed, and callers classify them with
-/// `downcast_ref`/`is` (for example [`UserQueueFull`], [`QueueClosed`] or [`Elapsed`]).
+/// `downcast_ref`/`is` (for example [`KeyQueueFull`], [`QueueClosed`] or [`Elapsed`]).
 pub type BoxError = tower::BoxError;
 
-/// A request that names the key it is limited and scheduled by, for example the user or tenant that sent it.
-pub trait Keyed {
-    /// The key: cheap to clone, hashable, and debug-printable for spans.
-    type Key: Clone + Eq + std::hash::Hash + std::fmt::Debug + Send + Sync + 'static;
+/// The former name of [`KeyedLimit`], from when the layers served only the worker's users.
+#[deprecated(since = "0.1.0", note = "renamed to `KeyedLimit`")]
+pub type PerUserLimit<S, K, X = KeyFromRequest> = KeyedLimit<S, K, X>;
 
-    /// The key of this request. Called once per layer per request.
-    fn key(&self) -> Self::Key;
-}
+/// The former name of [`KeyedLimitLayer`].
+#[deprecated(since = "0.1.0", note = "renamed to `KeyedLimitLayer`")]
+pub type PerUserLimitLayer<K, X = KeyFromRequest> = KeyedLimitLayer<K, X>;
+
+/// The former name of [`KeyQueueFull`].
+#[deprecated(since = "0.1.0", note = "renamed to `KeyQueueFull`")]
+pub type UserQueueFull = KeyQueueFull;
 
 /// A keyed request shared by the layers' unit tests.
 #[cfg(test)]
@@ -165,7 +171,7 @@ mod tests {
             })
         };
         let stack = ServiceBuilder::new()
-            .layer(PerUserLimitLayer::new(3, 1))
+            .layer(KeyedLimitLayer::new(3, 1))
             .layer(FairQueueLayer::new(16))
             .layer(GlobalConcurrencyLimitLayer::new(1))
             .layer(TraceLayer::keyed("test"))
@@ -188,7 +194,7 @@ mod tests {
             let response = svc
                 .ready()
                 .await
-                .expect("PerUserLimit is always ready")
+                .expect("KeyedLimit is always ready")
                 .call(Req(key, n));
             // Spawned inside an async block on purpose: the stack's futures must stay `Send` there.
             calls.push(tokio::spawn(
@@ -202,7 +208,7 @@ mod tests {
 
         // a5 exceeded a's 3 active + 1 waiting and was refused before taking a place in the queue.
         let refused = results.pop().unwrap().0.expect_err("a5 should be refused");
-        assert!(refused.is::<UserQueueFull>(), "unexpected error: {refused}");
+        assert!(refused.is::<KeyQueueFull>(), "unexpected error: {refused}");
         for (result, _) in &results {
             assert!(
                 result.is_ok(),

@@ -7,12 +7,12 @@ use std::{error::Error, fmt};
 /// The key is deliberately not part of the error: keys are often user ids and error texts reach logs. The caller
 /// still has the request and knows its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UserQueueFull {
+pub struct KeyQueueFull {
     max_active: usize,
     max_waiting: usize,
 }
 
-impl UserQueueFull {
+impl KeyQueueFull {
     pub(crate) fn new(max_active: usize, max_waiting: usize) -> Self {
         Self {
             max_active,
@@ -31,7 +31,7 @@ impl UserQueueFull {
     }
 }
 
-impl fmt::Display for UserQueueFull {
+impl fmt::Display for KeyQueueFull {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
@@ -41,4 +41,4 @@ impl fmt::Display for UserQueueFull {
     }
 }
 
-impl Error for UserQueueFull {}
+impl Error for KeyQueueFull {}
