@@ -78,7 +78,7 @@ pub mod trace;
 
 pub use key::{ExtractKey, KeyFromRequest, Keyed};
 
-pub use fair_queue::{FairQueue, FairQueueLayer, QueueClosed};
+pub use fair_queue::{FairQueue, FairQueueLayer, FairQueueWorker, QueueClosed};
 pub use keyed_limit::{KeyQueueFull, KeyedLimit, KeyedLimitLayer};
 pub use tower::limit::GlobalConcurrencyLimitLayer;
 pub use tower::timeout::{TimeoutLayer, error::Elapsed};
