@@ -1,5 +1,6 @@
 use super::service::Trace;
-use crate::Keyed;
+use crate::{ExtractKey, KeyFromRequest};
+use std::fmt;
 use tower_layer::Layer;
 
 /// Makes the span of a request.
@@ -19,19 +20,32 @@ where
     }
 }
 
-/// Makes an `info` span named `request` for a [`Keyed`] request, with fields `otel.name` (the name given to
-/// [`TraceLayer::keyed`]) and `key` (the request's key, `Debug`-formatted).
+/// Makes an `info` span named `request` with fields `otel.name` (the name given to [`TraceLayer::keyed`]) and `key`
+/// (the request's key as found by `X`, `Debug`-formatted).
+///
+/// `X` is [`KeyFromRequest`] (the default) for [`Keyed`](crate::Keyed) requests, or any closure given to
+/// [`TraceLayer::with_key`].
 ///
 /// Tracing span names must be static string literals, so the name goes in `otel.name`, which
 /// `tracing-opentelemetry` uses as the exported span's name (Jaeger shows it); other subscribers show it as a field.
-#[derive(Debug, Clone, Copy)]
-pub struct KeyedSpan {
+#[derive(Clone, Copy)]
+pub struct KeyedSpan<X = KeyFromRequest> {
     name: &'static str,
+    extract: X,
 }
 
-impl<Req: Keyed> MakeSpan<Req> for KeyedSpan {
+impl<Req, X: ExtractKey<Req>> MakeSpan<Req> for KeyedSpan<X> {
     fn make_span(&self, request: &Req) -> tracing::Span {
-        tracing::info_span!("request", otel.name = self.name, key = ?request.key())
+        let key = self.extract.extract_key(request);
+        tracing::info_span!("request", otel.name = self.name, key = ?key)
+    }
+}
+
+impl<X> fmt::Debug for KeyedSpan<X> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedSpan")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -50,10 +64,27 @@ impl<M> TraceLayer<M> {
 }
 
 impl TraceLayer<KeyedSpan> {
-    /// A layer giving each [`Keyed`] request a span carrying its key; see [`KeyedSpan`] for the span's shape.
+    /// A layer giving each [`Keyed`](crate::Keyed) request a span carrying its key; see [`KeyedSpan`] for the span's
+    /// shape, and [`with_key`](Self::with_key) for requests that do not implement `Keyed`.
     pub fn keyed(name: &'static str) -> Self {
         Self {
-            make_span: KeyedSpan { name },
+            make_span: KeyedSpan {
+                name,
+                extract: KeyFromRequest,
+            },
+        }
+    }
+}
+
+impl<X> TraceLayer<KeyedSpan<X>> {
+    /// The same keyed span, finding each request's key with `extract` instead, typically a closure `|req: &Req| key`
+    /// (see [`ExtractKey`]).
+    pub fn with_key<Y>(self, extract: Y) -> TraceLayer<KeyedSpan<Y>> {
+        TraceLayer {
+            make_span: KeyedSpan {
+                name: self.make_span.name,
+                extract,
+            },
         }
     }
 }
