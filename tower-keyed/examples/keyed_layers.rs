@@ -1,12 +1,12 @@
-//! The worker's keyed layers in front of something other than jobs: an API gateway whose backend is shared by tenants.
+//! The keyed layers in front of an API gateway whose backend is shared by tenants.
 //!
 //! One noisy tenant fires a burst of requests; a few quiet tenants send two each a moment later. The gateway lets each
 //! tenant have 2 requests in flight and 3 waiting (more are refused at once with `KeyQueueFull`), shares 4 backend
 //! slots round-robin across tenants, and gives each request 500 ms of backend time (`Elapsed` after that).
 //!
 //! ```text
-//! cargo run --example keyed_layers
-//! RUST_LOG=debug cargo run --example keyed_layers   # also print each request's span and outcome event
+//! cargo run -p tower-keyed --example keyed_layers
+//! RUST_LOG=debug cargo run -p tower-keyed --example keyed_layers   # also print each request's span and outcome event
 //! ```
 
 use std::{

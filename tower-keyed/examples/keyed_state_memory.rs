@@ -6,7 +6,7 @@
 //! where it started instead of growing with the number of users.
 //!
 //! ```text
-//! cargo run --release --example keyed_state_memory [-- REQUESTS]
+//! cargo run -p tower-keyed --release --example keyed_state_memory [-- REQUESTS]
 //! ```
 
 use std::time::Instant;

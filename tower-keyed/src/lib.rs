@@ -1,9 +1,10 @@
-//! Tower layers for admitting keyed requests fairly: a per-key limit, a fair queue and a tracing span.
+//! Tower middleware for services shared by many keys (tenants, users, client ids): a per-key limit, a buffer that
+//! dispatches round-robin across keys, and a per-request span carrying the key. Together with tower's global
+//! concurrency limit and timeout they keep one busy key from crowding out the others.
 //!
-//! A request names its key (a user, a tenant, a client id) through [`Keyed`]; the layers are generic over it and know
-//! nothing else about the request. Together with tower's global concurrency limit and timeout they make a pipeline
-//! that admits at most a few requests per key, shares the global slots round-robin across keys, and gives every
-//! request a span and a deadline.
+//! Each layer learns a request's key from an [`ExtractKey`]: a closure `|req: &Req| key` works for any request type,
+//! including foreign ones such as `http::Request<B>`, and request types of your own can implement [`Keyed`] instead,
+//! which the layers use by default. The layers know nothing else about the request.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -70,6 +71,16 @@
 //!
 //! The stack's permits are tied to the caller's response future: dropping it at any stage frees its per-key place, its
 //! fair-queue slot and, once dispatched, its global slot.
+//!
+//! # Errors
+//!
+//! [`KeyedLimit`] and [`FairQueue`] add errors of their own, so their services return [`BoxError`]; classify with
+//! `error.is::<T>()` or `downcast_ref`: [`KeyQueueFull`] (the key's waiting room is full; retry later),
+//! [`QueueClosed`] (the fair queue's worker is gone; its `source()` is the inner service's failure, if any) and, from
+//! tower's timeout, [`Elapsed`]. [`Trace`] adds none and passes the inner error type through unchanged.
+
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod fair_queue;
 mod key;
@@ -84,8 +95,8 @@ pub use tower::limit::GlobalConcurrencyLimitLayer;
 pub use tower::timeout::{TimeoutLayer, error::Elapsed};
 pub use trace::{KeyedSpan, MakeSpan, Trace, TraceLayer};
 
-/// The error type of every layer's service: inner errors are boxed, and callers classify them with
-/// `downcast_ref`/`is` (for example [`KeyQueueFull`], [`QueueClosed`] or [`Elapsed`]).
+/// The error type of [`KeyedLimit`] and [`FairQueue`] (which add errors of their own, so they box the inner error):
+/// callers classify it with `downcast_ref`/`is`, for example [`KeyQueueFull`], [`QueueClosed`] or [`Elapsed`].
 pub type BoxError = tower::BoxError;
 
 /// The former name of [`KeyedLimit`], from when the layers served only the worker's users.
@@ -99,6 +110,11 @@ pub type PerUserLimitLayer<K, X = KeyFromRequest> = KeyedLimitLayer<K, X>;
 /// The former name of [`KeyQueueFull`].
 #[deprecated(since = "0.1.0", note = "renamed to `KeyQueueFull`")]
 pub type UserQueueFull = KeyQueueFull;
+
+/// Compiles the README's example as a doc test, so it cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 /// A keyed request shared by the layers' unit tests.
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! A bounded buffer that dispatches round-robin across keys.
 //!
-//! [`FairQueue`] is like tower's [`Buffer`](tower::buffer::Buffer): a worker task owns the inner service and callers
+//! [`FairQueue`] is like tower's [`Buffer`](https://docs.rs/tower/0.5/tower/buffer/struct.Buffer.html): a worker task owns the inner service and callers
 //! get a cheap, clonable handle. The difference is the order of dispatch. Whenever the inner service is ready, the
 //! worker takes the next request **round-robin across the keys that have requests waiting**, first in, first out
 //! within a key. A key joins the rotation when its first request arrives, goes to the back after each request it gets

@@ -62,7 +62,7 @@ impl<Req, F> FairQueue<Req, F> {
     }
 
     /// Like [`new`](Self::new), but returns the [worker](FairQueueWorker) instead of spawning it, for callers that
-    /// run it themselves (as [`tower::buffer::Buffer::pair`] does). The worker ends once every handle is dropped and
+    /// run it themselves (as `tower::buffer::Buffer::pair` does). The worker ends once every handle is dropped and
     /// nothing is queued, or when the inner service fails.
     ///
     /// # Panics
