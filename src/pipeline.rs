@@ -26,14 +26,14 @@ use entity::job;
 use futures::future::BoxFuture;
 use tower::util::BoxCloneService;
 use tower::{BoxError, Service, ServiceBuilder};
+use tower_keyed::{
+    FairQueueLayer, GlobalConcurrencyLimitLayer, Keyed, KeyedLimitLayer, TimeoutLayer, TraceLayer,
+};
 use uuid::Uuid;
 
 use crate::claims;
 use crate::db;
 use crate::job::{JobSummary, Worker};
-use tower_keyed::{
-    FairQueueLayer, GlobalConcurrencyLimitLayer, Keyed, KeyedLimitLayer, TimeoutLayer, TraceLayer,
-};
 use crate::stop::{Stop, StopReason};
 
 /// Requests that can wait in the fair queue at once (beyond that, `poll_ready` waits).

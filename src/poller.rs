@@ -16,13 +16,13 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tower::{BoxError, ServiceExt};
+use tower_keyed::{Elapsed, KeyQueueFull};
 use uuid::Uuid;
 
 use crate::attempt::humanize;
 use crate::claims;
 use crate::db;
 use crate::job::Worker;
-use tower_keyed::{Elapsed, KeyQueueFull};
 use crate::listener;
 use crate::pipeline::{self, AttemptFanout, JobPipeline, JobRequest, NotQueued, ShuttingDown};
 use crate::stop::StopReason;
