@@ -99,7 +99,7 @@ pub use trace::{KeyedSpan, MakeSpan, Trace, TraceLayer};
 /// callers classify it with `downcast_ref`/`is`, for example [`KeyQueueFull`], [`QueueClosed`] or [`Elapsed`].
 pub type BoxError = tower::BoxError;
 
-/// The former name of [`KeyedLimit`], from when the layers served only the worker's users.
+/// The former name of [`KeyedLimit`].
 #[deprecated(since = "0.1.0", note = "renamed to `KeyedLimit`")]
 pub type PerUserLimit<S, K, X = KeyFromRequest> = KeyedLimit<S, K, X>;
 
@@ -143,7 +143,7 @@ pub(crate) mod test_support {
 
 #[cfg(test)]
 mod tests {
-    //! Pins the order documented in the module docs.
+    //! Pins the order documented in the module docs, and the old names.
 
     use super::*;
     use std::sync::{Arc, Mutex};
@@ -247,5 +247,18 @@ mod tests {
             1,
             "the global limit must bound what is in flight"
         );
+    }
+
+    /// Code written against the per-user names still compiles and gets the same types.
+    #[test]
+    #[allow(deprecated)]
+    fn deprecated_names_are_the_keyed_types() {
+        use tower::Layer;
+        let layer: PerUserLimitLayer<&'static str> = KeyedLimitLayer::new(2, 3);
+        let limit: PerUserLimit<(), &'static str> = layer.layer(());
+        let limit: KeyedLimit<(), &'static str> = limit;
+        assert_eq!(limit.active_keys(), 0);
+        let full: UserQueueFull = KeyQueueFull::new(2, 3);
+        assert_eq!((full.max_active(), full.max_waiting()), (2, 3));
     }
 }
