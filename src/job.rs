@@ -12,6 +12,7 @@ use sea_orm::{DatabaseConnection, DbErr};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
+use tower_keyed::Elapsed;
 use uuid::Uuid;
 
 use crate::attempt::runner::{self, AttemptRunner};
@@ -19,7 +20,6 @@ use crate::attempt::{self, AttemptContext, AttemptId, AttemptOutcome, humanize};
 use crate::claims::{Claim, FenceError, LeaseLost, Leases};
 use crate::config::Config;
 use crate::db::{self, Finish};
-use crate::layers::Elapsed;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::stop::{Stop, StopReason};
 use crate::store::{ArtifactStore, StoreError};

@@ -21,7 +21,6 @@ pub mod claims;
 pub mod config;
 pub mod db;
 pub mod job;
-pub mod layers;
 pub mod listener;
 pub mod pipeline;
 pub mod poller;

@@ -1,14 +1,15 @@
 //! The job pipeline: every queued job the poller finds becomes a [`JobRequest`] that passes through
 //!
 //! ```text
-//! PerUserLimit ─► FairQueue ─► GlobalConcurrencyLimit ─► Trace ─► Timeout ─► AttemptFanout
-//! 1 active,       round-robin   MAX_CONCURRENT_JOBS       span per  JOB_TIMEOUT  claims the job, runs its
-//! ≤5 waiting      across users  at once                   job       _MS          attempts through their stack
+//! KeyedLimit   ─► FairQueue ─► GlobalConcurrencyLimit ─► Trace ─► Timeout ─► AttemptFanout
+//! 1 active per   round-robin   MAX_CONCURRENT_JOBS       span per  JOB_TIMEOUT  claims the job, runs its
+//! user, ≤5 wait  across users  at once                   job       _MS          attempts through their stack
 //! ```
 //!
 //! # Order
-//! - **PerUserLimit first**: a user's backlog is bounded before it can take room anywhere else. A job refused here
-//!   (`UserQueueFull`) was never claimed: it stays `queued` in the database and a later poll offers it again.
+//! - **KeyedLimit first** (keyed by owner): a user's backlog is bounded before it can take room anywhere else. A job
+//!   refused here (`KeyQueueFull`) was never claimed: it stays `queued` in the database and a later poll offers it
+//!   again.
 //! - **FairQueue in front of the global limit**: the queue's worker dispatches only when the limit has a free slot,
 //!   so waiting jobs wait in the fair queue (where the next free slot goes round-robin across users), not inside the
 //!   limit. Were the buffer behind the limit, buffered jobs would each hold a slot and the limit would count them as
@@ -25,14 +26,14 @@ use entity::job;
 use futures::future::BoxFuture;
 use tower::util::BoxCloneService;
 use tower::{BoxError, Service, ServiceBuilder};
+use tower_keyed::{
+    FairQueueLayer, GlobalConcurrencyLimitLayer, Keyed, KeyedLimitLayer, TimeoutLayer, TraceLayer,
+};
 use uuid::Uuid;
 
 use crate::claims;
 use crate::db;
 use crate::job::{JobSummary, Worker};
-use crate::layers::{
-    FairQueueLayer, GlobalConcurrencyLimitLayer, Keyed, PerUserLimitLayer, TimeoutLayer, TraceLayer,
-};
 use crate::stop::{Stop, StopReason};
 
 /// Requests that can wait in the fair queue at once (beyond that, `poll_ready` waits).
@@ -157,7 +158,7 @@ where
     S::Future: Send + 'static,
 {
     let service = ServiceBuilder::new()
-        .layer(PerUserLimitLayer::new(config.max_active_jobs_per_user, config.max_queued_jobs_per_user))
+        .layer(KeyedLimitLayer::new(config.max_active_jobs_per_user, config.max_queued_jobs_per_user))
         .layer(FairQueueLayer::new(FAIR_QUEUE_CAPACITY))
         .layer(GlobalConcurrencyLimitLayer::new(config.max_concurrent_jobs))
         .layer(TraceLayer::new(|r: &JobRequest| {
@@ -178,7 +179,7 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
-    use crate::layers::{Elapsed, UserQueueFull};
+    use tower_keyed::{Elapsed, KeyQueueFull};
 
     fn job(owner: u128, n: i32) -> JobRequest {
         let now = chrono::Utc::now().fixed_offset();
@@ -231,7 +232,7 @@ mod tests {
         }
         // User 1 has one active and two waiting: a fourth is refused at once, before it takes any queue room.
         let refused = pipeline.clone().oneshot(job(1, 4)).await.unwrap_err();
-        assert!(refused.is::<UserQueueFull>(), "{refused}");
+        assert!(refused.is::<KeyQueueFull>(), "{refused}");
 
         // Only one job reaches the service (global limit 1): user 1's first.
         let (first, send) = handle.next_request().await.unwrap();

@@ -16,13 +16,13 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tower::{BoxError, ServiceExt};
+use tower_keyed::{Elapsed, KeyQueueFull};
 use uuid::Uuid;
 
 use crate::attempt::humanize;
 use crate::claims;
 use crate::db;
 use crate::job::Worker;
-use crate::layers::{Elapsed, UserQueueFull};
 use crate::listener;
 use crate::pipeline::{self, AttemptFanout, JobPipeline, JobRequest, NotQueued, ShuttingDown};
 use crate::stop::StopReason;
@@ -107,7 +107,7 @@ impl Poller {
         };
         self.held.remove(&id);
         let Err(e) = result else { return true };
-        if e.is::<UserQueueFull>() {
+        if e.is::<KeyQueueFull>() {
             tracing::debug!(job = %id, "the owner's waiting room is full; the job stays queued for a later poll");
             return false;
         } else if e.is::<NotQueued>() || e.is::<ShuttingDown>() || e.is::<claims::Refused>() {

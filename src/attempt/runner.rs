@@ -17,11 +17,11 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 use tower::util::BoxCloneService;
 use tower::{BoxError, Service, ServiceBuilder};
+use tower_keyed::{TimeoutLayer, TraceLayer};
 
 use super::agent::ORACLE;
 use super::{AttemptContext, AttemptId, AttemptOutcome, Interrupted, run_attempt};
 use crate::db;
-use crate::layers::{TimeoutLayer, TraceLayer};
 use crate::stop::StopReason;
 
 /// The type-erased attempt stack.

@@ -1,8 +1,8 @@
 //! The [`Trace`](super::Trace) response future.
 
-use crate::layers::BoxError;
 use pin_project_lite::pin_project;
 use std::{
+    fmt,
     future::Future,
     pin::Pin,
     task::{Context, Poll, ready},
@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 pin_project! {
     /// The response future of [`Trace`](super::Trace): polls the inner future inside the request's span and records
-    /// the outcome when it completes.
+    /// the outcome when it completes. Its output is the inner future's, unchanged.
     #[derive(Debug)]
     pub struct ResponseFuture<F> {
         #[pin]
@@ -34,14 +34,14 @@ impl<F> ResponseFuture<F> {
 impl<F, T, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<T, E>>,
-    E: Into<BoxError>,
+    E: fmt::Display,
 {
-    type Output = Result<T, BoxError>;
+    type Output = Result<T, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let _entered = this.span.enter();
-        let output = ready!(this.future.poll(cx)).map_err(Into::into);
+        let output = ready!(this.future.poll(cx));
         let elapsed_ms = u64::try_from(this.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         match &output {
             Ok(_) => tracing::debug!(outcome = "ok", elapsed_ms, "request finished"),

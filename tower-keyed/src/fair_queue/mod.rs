@@ -1,6 +1,6 @@
 //! A bounded buffer that dispatches round-robin across keys.
 //!
-//! [`FairQueue`] is like tower's [`Buffer`](tower::buffer::Buffer): a worker task owns the inner service and callers
+//! [`FairQueue`] is like tower's [`Buffer`](https://docs.rs/tower/0.5/tower/buffer/struct.Buffer.html): a worker task owns the inner service and callers
 //! get a cheap, clonable handle. The difference is the order of dispatch. Whenever the inner service is ready, the
 //! worker takes the next request **round-robin across the keys that have requests waiting**, first in, first out
 //! within a key. A key joins the rotation when its first request arrives, goes to the back after each request it gets
@@ -13,8 +13,12 @@
 //! layers tie to the response future (for example a global concurrency permit) stay with the caller, and dropping the
 //! future frees them.
 //!
+//! A request's key comes from an [`ExtractKey`](crate::ExtractKey): by default the request's own
+//! [`Keyed`](crate::Keyed) key, or any closure given to [`FairQueueLayer::with_key`] (or [`FairQueue::with_key`]).
+//!
 //! If the inner service fails `poll_ready`, the queue closes: every waiting and later caller gets [`QueueClosed`]
 //! with the inner error as its source. When every handle is dropped, the worker serves what is still queued and ends.
+//! [`FairQueue::pair`] returns that worker as a [`FairQueueWorker`] for callers that run it themselves.
 
 mod error;
 pub mod future;
@@ -22,18 +26,20 @@ mod layer;
 mod service;
 mod worker;
 
-pub use self::{error::QueueClosed, layer::FairQueueLayer, service::FairQueue};
+pub use self::{
+    error::QueueClosed, layer::FairQueueLayer, service::FairQueue, worker::FairQueueWorker,
+};
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layers::BoxError;
+    use crate::BoxError;
     use std::{error::Error, time::Duration};
     use tokio::{task::JoinHandle, time::timeout};
     use tower::{Service, ServiceExt};
     use tower_test::mock::{self, Spawn};
 
-    use crate::layers::test_support::{Req, req};
+    use crate::test_support::{Req, req};
 
     type Queue = FairQueue<Req, mock::future::ResponseFuture<&'static str>>;
     type MockHandle = mock::Handle<Req, &'static str>;
@@ -115,6 +121,31 @@ mod tests {
             .map(|r| r.n)
             .collect();
         assert_eq!(a_order, (0..20).collect::<Vec<_>>());
+        for call in calls {
+            call.await.unwrap().unwrap();
+        }
+    }
+
+    /// A foreign request type (a (tenant, n) tuple) is scheduled by a closure's key: round-robin across tenants.
+    #[tokio::test(start_paused = true)]
+    async fn a_closure_extracts_the_key_of_a_foreign_request_type() {
+        type Tuple = (&'static str, u32);
+        let (inner, mut handle) = mock::pair::<Tuple, ()>();
+        handle.allow(0);
+        let (mut queue, worker) = FairQueue::pair_with_key(inner, |req: &Tuple| req.0, 16);
+        tokio::spawn(worker);
+        let mut calls = Vec::new();
+        for request in [("a", 0), ("a", 1), ("a", 2), ("b", 0), ("b", 1)] {
+            calls.push(tokio::spawn(queue.ready().await.unwrap().call(request)));
+        }
+        let mut order = Vec::new();
+        for _ in 0..5 {
+            handle.allow(1);
+            let (request, response) = handle.next_request().await.unwrap();
+            response.send_response(());
+            order.push(request);
+        }
+        assert_eq!(order, [("a", 0), ("b", 0), ("a", 1), ("b", 1), ("a", 2)]);
         for call in calls {
             call.await.unwrap().unwrap();
         }
@@ -244,7 +275,8 @@ mod tests {
     async fn the_worker_serves_what_is_queued_then_ends_when_every_handle_is_gone() {
         let (inner, mut handle) = mock::pair::<Req, &'static str>();
         handle.allow(0);
-        let (mut queue, worker) = FairQueue::pair(inner, 4);
+        let (mut queue, worker): (Queue, FairQueueWorker<mock::Mock<Req, &'static str>, Req>) =
+            FairQueue::pair(inner, 4);
         let worker = tokio::spawn(worker);
         let a0 = submit(&mut queue, req("A", 0)).await;
         let clone = queue.clone();

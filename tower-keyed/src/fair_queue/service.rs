@@ -1,8 +1,8 @@
 use super::{
     future::ResponseFuture,
-    worker::{Message, Shared, Worker},
+    worker::{FairQueueWorker, Message, Shared},
 };
-use crate::layers::{BoxError, Keyed};
+use crate::{BoxError, ExtractKey, KeyFromRequest, Keyed};
 use std::{
     fmt,
     future::Future,
@@ -26,12 +26,9 @@ pub struct FairQueue<Req, F> {
     shared: Arc<Shared>,
 }
 
-impl<Req, F> FairQueue<Req, F>
-where
-    F: Send + 'static,
-{
+impl<Req, F> FairQueue<Req, F> {
     /// Puts `inner` behind a fair queue holding at most `capacity` waiting requests, spawning its worker with
-    /// [`tokio::spawn`].
+    /// [`tokio::spawn`]. Requests name their key through [`Keyed`].
     ///
     /// # Panics
     ///
@@ -40,38 +37,72 @@ where
     where
         S: Service<Req, Future = F> + Send + 'static,
         S::Error: Into<BoxError>,
+        F: Send + 'static,
         Req: Keyed + Send + 'static,
     {
-        let (queue, worker) = Self::pair(inner, capacity);
+        Self::with_key(inner, KeyFromRequest, capacity)
+    }
+
+    /// Like [`new`](Self::new), but finds each request's key with `extract`, typically a closure `|req: &Req| key`.
+    ///
+    /// # Panics
+    ///
+    /// If called outside a Tokio runtime, or if `capacity` is 0.
+    pub fn with_key<S, X>(inner: S, extract: X, capacity: usize) -> Self
+    where
+        S: Service<Req, Future = F> + Send + 'static,
+        S::Error: Into<BoxError>,
+        F: Send + 'static,
+        X: ExtractKey<Req> + Send + 'static,
+        Req: Send + 'static,
+    {
+        let (queue, worker) = Self::pair_with_key(inner, extract, capacity);
         tokio::spawn(worker);
         queue
     }
 
-    /// Like [`new`](Self::new), but returns the worker instead of spawning it, for callers that run it themselves.
-    /// The worker ends once every handle is dropped and nothing is queued, or when the inner service fails.
+    /// Like [`new`](Self::new), but returns the [worker](FairQueueWorker) instead of spawning it, for callers that
+    /// run it themselves (as `tower::buffer::Buffer::pair` does). The worker ends once every handle is dropped and
+    /// nothing is queued, or when the inner service fails.
     ///
     /// # Panics
     ///
     /// If `capacity` is 0.
-    pub fn pair<S>(inner: S, capacity: usize) -> (Self, impl Future<Output = ()> + Send + 'static)
+    pub fn pair<S>(inner: S, capacity: usize) -> (Self, FairQueueWorker<S, Req>)
     where
-        S: Service<Req, Future = F> + Send + 'static,
+        S: Service<Req, Future = F>,
         S::Error: Into<BoxError>,
-        Req: Keyed + Send + 'static,
+        Req: Keyed,
+    {
+        Self::pair_with_key(inner, KeyFromRequest, capacity)
+    }
+
+    /// Like [`pair`](Self::pair), but finds each request's key with `extract`.
+    ///
+    /// # Panics
+    ///
+    /// If `capacity` is 0.
+    pub fn pair_with_key<S, X>(
+        inner: S,
+        extract: X,
+        capacity: usize,
+    ) -> (Self, FairQueueWorker<S, Req, X>)
+    where
+        S: Service<Req, Future = F>,
+        S::Error: Into<BoxError>,
+        X: ExtractKey<Req>,
     {
         assert!(capacity > 0, "FairQueue needs a capacity of at least 1");
         let shared = Arc::new(Shared::new(capacity));
         let (tx, rx) = mpsc::unbounded_channel();
-        let mut worker = Worker::new(inner, rx, shared.clone());
+        let worker = FairQueueWorker::new(inner, extract, rx, shared.clone());
         let queue = Self {
             tx,
             slots: PollSemaphore::new(shared.slots.clone()),
             slot: None,
             shared,
         };
-        (queue, async move {
-            std::future::poll_fn(|cx| worker.poll_work(cx)).await
-        })
+        (queue, worker)
     }
 }
 

@@ -1,7 +1,7 @@
-//! The [`PerUserLimit`](super::PerUserLimit) response future.
+//! The [`KeyedLimit`](super::KeyedLimit) response future.
 
-use super::{error::UserQueueFull, service::KeyGuard};
-use crate::layers::BoxError;
+use super::{error::KeyQueueFull, service::KeyGuard};
+use crate::BoxError;
 use pin_project_lite::pin_project;
 use std::{
     fmt,
@@ -16,7 +16,7 @@ use tokio_util::sync::PollSemaphore;
 use tower::Service;
 
 pin_project! {
-    /// The response future of [`PerUserLimit`](super::PerUserLimit): waits for the key's slot, then for the inner
+    /// The response future of [`KeyedLimit`](super::KeyedLimit): waits for the key's slot, then for the inner
     /// service, then for its response. Dropping it at any stage frees the request's place.
     //
     // `F` is `S::Future`, named as a parameter rather than projected: the future then stays `Send` inside async blocks
@@ -40,7 +40,7 @@ pin_project! {
     #[project = StateProj]
     enum State<F> {
         // The key had too many requests; resolves at once.
-        Refused { error: Option<UserQueueFull> },
+        Refused { error: Option<KeyQueueFull> },
         // Waiting in the key's line for a slot.
         Acquiring { slots: PollSemaphore },
         // Holding a slot, waiting for the inner service to be ready.
@@ -56,7 +56,7 @@ where
     S: Service<Req>,
     K: Eq + Hash,
 {
-    pub(super) fn refused(error: UserQueueFull) -> Self {
+    pub(super) fn refused(error: KeyQueueFull) -> Self {
         Self {
             state: State::Refused { error: Some(error) },
             permit: None,

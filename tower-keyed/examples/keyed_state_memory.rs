@@ -1,19 +1,19 @@
 //! Benchmark: memory and time of the keyed layers over a day's worth of distinct users.
 //!
-//! Sends 1,000,000 requests, each from a user never seen before, through `PerUserLimit` and `FairQueue` (64 in
+//! Sends 1,000,000 requests, each from a user never seen before, through `KeyedLimit` and `FairQueue` (64 in
 //! flight at a time), and prints the process's resident memory before, during and after, the number of keys still
 //! held, and the throughput. Keyed state is freed when a key goes idle, so memory after the run should be back near
 //! where it started instead of growing with the number of users.
 //!
 //! ```text
-//! cargo run --release --example keyed_state_memory [-- REQUESTS]
+//! cargo run -p tower-keyed --release --example keyed_state_memory [-- REQUESTS]
 //! ```
 
 use std::time::Instant;
 
-use futures::StreamExt;
-use terminal_bench_worker::layers::{FairQueueLayer, Keyed, PerUserLimit, PerUserLimitLayer};
+use futures_util::StreamExt;
 use tower::{Layer, ServiceExt, service_fn};
+use tower_keyed::{FairQueueLayer, Keyed, KeyedLimit, KeyedLimitLayer};
 
 #[derive(Debug, Clone)]
 struct Request(u64);
@@ -44,7 +44,7 @@ async fn main() {
         .unwrap_or(1_000_000);
     let backend = service_fn(|r: Request| async move { Ok::<_, tower::BoxError>(r.0) });
     let queued = FairQueueLayer::new(1024).layer(backend);
-    let limit: PerUserLimit<_, u64> = PerUserLimitLayer::new(1, 5).layer(queued);
+    let limit: KeyedLimit<_, u64> = KeyedLimitLayer::new(1, 5).layer(queued);
 
     println!("keyed layers, {requests} requests from {requests} distinct users, 64 in flight");
     let before = rss_mib();
@@ -53,7 +53,7 @@ async fn main() {
     let mut peak_keys = 0;
     let mut peak_rss = before;
     let mut done = 0u64;
-    let mut stream = futures::stream::iter(0..requests)
+    let mut stream = futures_util::stream::iter(0..requests)
         .map(|user| limit.clone().oneshot(Request(user)))
         .buffer_unordered(64);
     while let Some(result) = stream.next().await {

@@ -1,10 +1,14 @@
 use super::{future::ResponseFuture, layer::MakeSpan};
-use crate::layers::BoxError;
-use std::task::{Context, Poll};
+use std::{
+    fmt,
+    task::{Context, Poll},
+};
 use tokio::time::Instant;
 use tower::Service;
 
 /// Runs each request of the inner service in its own span; see the [module docs](super).
+///
+/// Errors pass through unchanged: the service's error type is the inner service's.
 #[derive(Debug, Clone)]
 pub struct Trace<S, M> {
     inner: S,
@@ -31,15 +35,15 @@ impl<S, M> Trace<S, M> {
 impl<S, M, Req> Service<Req> for Trace<S, M>
 where
     S: Service<Req>,
-    S::Error: Into<BoxError>,
+    S::Error: fmt::Display,
     M: MakeSpan<Req>,
 {
     type Response = S::Response;
-    type Error = BoxError;
+    type Error = S::Error;
     type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Req) -> Self::Future {

@@ -1,8 +1,11 @@
 //! Limit how many requests each key has in flight and waiting.
 //!
-//! [`PerUserLimit`] lets at most `max_active` requests of one key into the inner service at a time, keeps at most
+//! [`KeyedLimit`] lets at most `max_active` requests of one key into the inner service at a time, keeps at most
 //! `max_waiting` more of that key waiting (first in, first out), and refuses any further one at once with
-//! [`UserQueueFull`]. Keys are independent: a busy key never delays another.
+//! [`KeyQueueFull`]. Keys are independent: a busy key never delays another.
+//!
+//! The key comes from an [`ExtractKey`](crate::ExtractKey): by default the request's own [`Keyed`](crate::Keyed)
+//! key, or any closure given to [`KeyedLimitLayer::with_key`] (or [`KeyedLimit::with_key`]).
 //!
 //! The key is only known when a request is called, so readiness cannot be decided in `poll_ready`: the service is
 //! always ready, and the [response future](future::ResponseFuture) waits for the key's slot, then for the inner
@@ -15,13 +18,13 @@ pub mod future;
 mod layer;
 mod service;
 
-pub use self::{error::UserQueueFull, layer::PerUserLimitLayer, service::PerUserLimit};
+pub use self::{error::KeyQueueFull, layer::KeyedLimitLayer, service::KeyedLimit};
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layers::{BoxError, Keyed};
-    use futures::{FutureExt, poll};
+    use crate::{BoxError, Keyed};
+    use futures_util::{FutureExt, poll};
     use std::time::Duration;
     use tokio::{task::JoinHandle, time::timeout};
     use tower::{Layer, Service, ServiceExt, service_fn};
@@ -30,15 +33,15 @@ mod tests {
         mock::{self, Mock},
     };
 
-    use crate::layers::test_support::{Req, req};
+    use crate::test_support::{Req, req};
 
-    type Limited = PerUserLimit<Mock<Req, &'static str>, &'static str>;
+    type Limited = KeyedLimit<Mock<Req, &'static str>, &'static str>;
     type MockHandle = mock::Handle<Req, &'static str>;
 
     fn limited(max_active: usize, max_waiting: usize) -> (Limited, MockHandle) {
         let (inner, handle) = mock::pair();
         (
-            PerUserLimitLayer::new(max_active, max_waiting).layer(inner),
+            KeyedLimitLayer::new(max_active, max_waiting).layer(inner),
             handle,
         )
     }
@@ -59,8 +62,8 @@ mod tests {
     fn assert_refused(result: Result<&'static str, BoxError>, max_waiting: usize) {
         let error = result.expect_err("request should be refused");
         let full = error
-            .downcast_ref::<UserQueueFull>()
-            .unwrap_or_else(|| panic!("not UserQueueFull: {error}"));
+            .downcast_ref::<KeyQueueFull>()
+            .unwrap_or_else(|| panic!("not KeyQueueFull: {error}"));
         assert_eq!(full.max_waiting(), max_waiting);
         assert_eq!(
             error.to_string(),
@@ -71,7 +74,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn one_active_per_key_and_keys_are_independent() {
         let (svc, mut handle) =
-            mock::spawn_layer::<Req, &'static str, _>(PerUserLimitLayer::new(1, 5));
+            mock::spawn_layer::<Req, &'static str, _>(KeyedLimitLayer::new(1, 5));
         let mut svc = svc;
         assert!(
             svc.poll_ready::<Req>().is_ready(),
@@ -185,6 +188,32 @@ mod tests {
         assert_eq!(svc.active_keys(), 0);
     }
 
+    /// A request type that cannot name its key itself (as `http::Request` cannot: the orphan rule forbids it) is
+    /// limited by a closure's key: here a (tenant, n) tuple keyed by its tenant.
+    #[tokio::test(start_paused = true)]
+    async fn a_closure_extracts_the_key_of_a_foreign_request_type() {
+        let (inner, mut handle) = mock::pair::<(String, u32), &'static str>();
+        let layer = KeyedLimitLayer::new(1, 1).with_key(|req: &(String, u32)| req.0.clone());
+        let mut svc = layer.layer(inner);
+        let request = |tenant: &str, n| (tenant.to_owned(), n);
+
+        let acme1 = tokio::spawn(svc.call(request("acme", 1)));
+        let _acme2 = tokio::spawn(svc.call(request("acme", 2)));
+        let globex1 = tokio::spawn(svc.call(request("globex", 1)));
+        let acme1_response = assert_request_eq!(handle, request("acme", 1));
+        // globex is a key of its own, so acme's waiting request does not hold it back.
+        assert_request_eq!(handle, request("globex", 1)).send_response("globex1");
+        assert_eq!(globex1.await.unwrap().unwrap(), "globex1");
+        assert_eq!(svc.active_keys(), 1);
+
+        // acme has 1 active and 1 waiting: a third acme request is refused by the closure's key.
+        let error = svc.call(request("acme", 3)).await.unwrap_err();
+        assert!(error.is::<KeyQueueFull>(), "{error}");
+        acme1_response.send_response("acme1");
+        assert_eq!(acme1.await.unwrap().unwrap(), "acme1");
+        assert_request_eq!(handle, request("acme", 2)).send_response("acme2");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn idle_keys_are_forgotten() {
         #[derive(Debug)]
@@ -199,7 +228,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(u64::from(user.0 % 7))).await;
             Ok::<_, BoxError>(user.0)
         });
-        let mut svc = PerUserLimit::new(inner, 1, 5);
+        let mut svc = KeyedLimit::new(inner, 1, 5);
 
         let mut calls = Vec::new();
         for user in 0..10_000 {

@@ -1,17 +1,18 @@
-//! Tower layers for admitting keyed requests fairly: a per-key limit, a fair queue and a tracing span.
+//! Tower middleware for services shared by many keys (tenants, users, client ids): a per-key limit, a buffer that
+//! dispatches round-robin across keys, and a per-request span carrying the key. Together with tower's global
+//! concurrency limit and timeout they keep one busy key from crowding out the others.
 //!
-//! A request names its key (a user, a tenant, a client id) through [`Keyed`]; the layers are generic over it and know
-//! nothing else about the request. Together with tower's global concurrency limit and timeout they make a pipeline
-//! that admits at most a few requests per key, shares the global slots round-robin across keys, and gives every
-//! request a span and a deadline.
+//! Each layer learns a request's key from an [`ExtractKey`]: a closure `|req: &Req| key` works for any request type,
+//! including foreign ones such as `http::Request<B>`, and request types of your own can implement [`Keyed`] instead,
+//! which the layers use by default. The layers know nothing else about the request.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), terminal_bench_worker::layers::BoxError> {
+//! # async fn main() -> Result<(), tower_keyed::BoxError> {
 //! use std::time::Duration;
-//! use terminal_bench_worker::layers::{
-//!     BoxError, FairQueueLayer, GlobalConcurrencyLimitLayer, Keyed, PerUserLimitLayer, TimeoutLayer, TraceLayer,
-//!     UserQueueFull,
+//! use tower_keyed::{
+//!     BoxError, FairQueueLayer, GlobalConcurrencyLimitLayer, Keyed, KeyedLimitLayer, TimeoutLayer, TraceLayer,
+//!     KeyQueueFull,
 //! };
 //! use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 //!
@@ -28,7 +29,7 @@
 //! }
 //!
 //! let mut uploads = ServiceBuilder::new()
-//!     .layer(PerUserLimitLayer::new(1, 5))
+//!     .layer(KeyedLimitLayer::new(1, 5))
 //!     .layer(FairQueueLayer::new(64))
 //!     .layer(GlobalConcurrencyLimitLayer::new(5))
 //!     .layer(TraceLayer::keyed("upload"))
@@ -38,7 +39,7 @@
 //! let request = Upload { tenant: "acme".into(), bytes: 42 };
 //! match uploads.ready().await?.call(request).await {
 //!     Ok(stored) => assert_eq!(stored, 42),
-//!     Err(error) if error.is::<UserQueueFull>() => println!("acme has too many uploads waiting; try later"),
+//!     Err(error) if error.is::<KeyQueueFull>() => println!("acme has too many uploads waiting; try later"),
 //!     Err(error) => return Err(error),
 //! }
 //! # Ok(()) }
@@ -49,7 +50,7 @@
 //! The layers are meant to be stacked outermost first as
 //!
 //! ```text
-//! PerUserLimit → FairQueue → GlobalConcurrencyLimit (tower) → Trace → Timeout (tower) → service
+//! KeyedLimit → FairQueue → GlobalConcurrencyLimit (tower) → Trace → Timeout (tower) → service
 //! ```
 //!
 //! and each position is chosen for a reason:
@@ -59,7 +60,7 @@
 //!   requests beyond the global limit wait *in the fair queue*, where the worker still chooses which key goes next.
 //!   Behind the limit, requests would wait for the limit's permits first come, first served, and the queue would only
 //!   ever see requests that already hold a slot.
-//! - **`PerUserLimit` first.** A key's requests beyond its `max_active` wait in the per-user limit, not in the fair
+//! - **`KeyedLimit` first.** A key's requests beyond its `max_active` wait in the keyed limit, not in the fair
 //!   queue, and those beyond `max_waiting` more are refused at once. So one key's backlog takes at most `max_active`
 //!   places of the fair queue's capacity and cannot crowd out other keys; behind the queue, a burst from one key would
 //!   fill the queue before any per-key rule applied.
@@ -70,29 +71,50 @@
 //!
 //! The stack's permits are tied to the caller's response future: dropping it at any stage frees its per-key place, its
 //! fair-queue slot and, once dispatched, its global slot.
+//!
+//! # Errors
+//!
+//! [`KeyedLimit`] and [`FairQueue`] add errors of their own, so their services return [`BoxError`]; classify with
+//! `error.is::<T>()` or `downcast_ref`: [`KeyQueueFull`] (the key's waiting room is full; retry later),
+//! [`QueueClosed`] (the fair queue's worker is gone; its `source()` is the inner service's failure, if any) and, from
+//! tower's timeout, [`Elapsed`]. [`Trace`] adds none and passes the inner error type through unchanged.
+
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod fair_queue;
-pub mod per_user_limit;
+mod key;
+pub mod keyed_limit;
 pub mod trace;
 
-pub use fair_queue::{FairQueue, FairQueueLayer, QueueClosed};
-pub use per_user_limit::{PerUserLimit, PerUserLimitLayer, UserQueueFull};
+pub use key::{ExtractKey, KeyFromRequest, Keyed};
+
+pub use fair_queue::{FairQueue, FairQueueLayer, FairQueueWorker, QueueClosed};
+pub use keyed_limit::{KeyQueueFull, KeyedLimit, KeyedLimitLayer};
 pub use tower::limit::GlobalConcurrencyLimitLayer;
 pub use tower::timeout::{TimeoutLayer, error::Elapsed};
 pub use trace::{KeyedSpan, MakeSpan, Trace, TraceLayer};
 
-/// The error type of every layer's service: inner errors are boxed, and callers classify them with
-/// `downcast_ref`/`is` (for example [`UserQueueFull`], [`QueueClosed`] or [`Elapsed`]).
+/// The error type of [`KeyedLimit`] and [`FairQueue`] (which add errors of their own, so they box the inner error):
+/// callers classify it with `downcast_ref`/`is`, for example [`KeyQueueFull`], [`QueueClosed`] or [`Elapsed`].
 pub type BoxError = tower::BoxError;
 
-/// A request that names the key it is limited and scheduled by, for example the user or tenant that sent it.
-pub trait Keyed {
-    /// The key: cheap to clone, hashable, and debug-printable for spans.
-    type Key: Clone + Eq + std::hash::Hash + std::fmt::Debug + Send + Sync + 'static;
+/// The former name of [`KeyedLimit`].
+#[deprecated(since = "0.1.0", note = "renamed to `KeyedLimit`")]
+pub type PerUserLimit<S, K, X = KeyFromRequest> = KeyedLimit<S, K, X>;
 
-    /// The key of this request. Called once per layer per request.
-    fn key(&self) -> Self::Key;
-}
+/// The former name of [`KeyedLimitLayer`].
+#[deprecated(since = "0.1.0", note = "renamed to `KeyedLimitLayer`")]
+pub type PerUserLimitLayer<K, X = KeyFromRequest> = KeyedLimitLayer<K, X>;
+
+/// The former name of [`KeyQueueFull`].
+#[deprecated(since = "0.1.0", note = "renamed to `KeyQueueFull`")]
+pub type UserQueueFull = KeyQueueFull;
+
+/// Compiles the README's example as a doc test, so it cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 /// A keyed request shared by the layers' unit tests.
 #[cfg(test)]
@@ -121,7 +143,7 @@ pub(crate) mod test_support {
 
 #[cfg(test)]
 mod tests {
-    //! Pins the order documented in the module docs.
+    //! Pins the order documented in the module docs, and the old names.
 
     use super::*;
     use std::sync::{Arc, Mutex};
@@ -165,7 +187,7 @@ mod tests {
             })
         };
         let stack = ServiceBuilder::new()
-            .layer(PerUserLimitLayer::new(3, 1))
+            .layer(KeyedLimitLayer::new(3, 1))
             .layer(FairQueueLayer::new(16))
             .layer(GlobalConcurrencyLimitLayer::new(1))
             .layer(TraceLayer::keyed("test"))
@@ -188,7 +210,7 @@ mod tests {
             let response = svc
                 .ready()
                 .await
-                .expect("PerUserLimit is always ready")
+                .expect("KeyedLimit is always ready")
                 .call(Req(key, n));
             // Spawned inside an async block on purpose: the stack's futures must stay `Send` there.
             calls.push(tokio::spawn(
@@ -202,7 +224,7 @@ mod tests {
 
         // a5 exceeded a's 3 active + 1 waiting and was refused before taking a place in the queue.
         let refused = results.pop().unwrap().0.expect_err("a5 should be refused");
-        assert!(refused.is::<UserQueueFull>(), "unexpected error: {refused}");
+        assert!(refused.is::<KeyQueueFull>(), "unexpected error: {refused}");
         for (result, _) in &results {
             assert!(
                 result.is_ok(),
@@ -225,5 +247,18 @@ mod tests {
             1,
             "the global limit must bound what is in flight"
         );
+    }
+
+    /// Code written against the per-user names still compiles and gets the same types.
+    #[test]
+    #[allow(deprecated)]
+    fn deprecated_names_are_the_keyed_types() {
+        use tower::Layer;
+        let layer: PerUserLimitLayer<&'static str> = KeyedLimitLayer::new(2, 3);
+        let limit: PerUserLimit<(), &'static str> = layer.layer(());
+        let limit: KeyedLimit<(), &'static str> = limit;
+        assert_eq!(limit.active_keys(), 0);
+        let full: UserQueueFull = KeyQueueFull::new(2, 3);
+        assert_eq!((full.max_active(), full.max_waiting()), (2, 3));
     }
 }

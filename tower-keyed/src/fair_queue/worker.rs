@@ -1,11 +1,14 @@
 //! The task that owns the inner service and decides which key goes next.
 
 use super::error::QueueClosed;
-use crate::layers::{BoxError, Keyed};
-use futures::task::AtomicWaker;
+use crate::{BoxError, ExtractKey, KeyFromRequest};
+use futures_util::task::AtomicWaker;
 use std::{
     collections::{HashMap, VecDeque, hash_map::Entry},
     error::Error,
+    fmt,
+    future::Future,
+    pin::Pin,
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicBool, Ordering},
@@ -70,35 +73,46 @@ pub(super) struct Message<Req, F> {
     pub(super) slot: OwnedSemaphorePermit,
 }
 
-pub(super) struct Worker<S, Req>
+/// The task behind a [`FairQueue`](super::FairQueue): it owns the inner service and, whenever that is ready, dispatches
+/// the next request round-robin across keys.
+///
+/// Returned by [`FairQueue::pair`](super::FairQueue::pair) (and [`pair_with_key`](super::FairQueue::pair_with_key))
+/// for callers that run it themselves, for example on an executor of their choice or under a supervisor;
+/// [`FairQueue::new`](super::FairQueue::new) spawns it with `tokio::spawn`. It is a future that completes once every
+/// handle is dropped and nothing is left queued, or when the inner service fails `poll_ready`. Dropping it closes the
+/// queue: waiting callers get [`QueueClosed`].
+pub struct FairQueueWorker<S, Req, X = KeyFromRequest>
 where
     S: Service<Req>,
-    Req: Keyed,
+    X: ExtractKey<Req>,
 {
     inner: S,
+    extract: X,
     rx: mpsc::UnboundedReceiver<Message<Req, S::Future>>,
     /// Every handle is gone; nothing new can arrive.
     rx_closed: bool,
     /// Per key, its waiting requests in arrival order. A key is here exactly when it is in `rotation`.
-    queues: HashMap<Req::Key, VecDeque<Message<Req, S::Future>>>,
+    queues: HashMap<X::Key, VecDeque<Message<Req, S::Future>>>,
     /// Keys with waiting requests, next to be served first.
-    rotation: VecDeque<Req::Key>,
+    rotation: VecDeque<X::Key>,
     shared: Arc<Shared>,
 }
 
-impl<S, Req> Worker<S, Req>
+impl<S, Req, X> FairQueueWorker<S, Req, X>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
-    Req: Keyed,
+    X: ExtractKey<Req>,
 {
     pub(super) fn new(
         inner: S,
+        extract: X,
         rx: mpsc::UnboundedReceiver<Message<Req, S::Future>>,
         shared: Arc<Shared>,
     ) -> Self {
         Self {
             inner,
+            extract,
             rx,
             rx_closed: false,
             queues: HashMap::new(),
@@ -108,7 +122,7 @@ where
     }
 
     /// Runs until every handle is gone and the queue is empty, or the inner service fails.
-    pub(super) fn poll_work(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll_work(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         self.shared.worker.register(cx.waker());
         let mut budget = DISPATCH_BUDGET;
         loop {
@@ -168,7 +182,10 @@ where
         if message.tx.is_closed() {
             return; // The caller already left; dropping the message frees its place.
         }
-        match self.queues.entry(message.request.key()) {
+        match self
+            .queues
+            .entry(self.extract.extract_key(&message.request))
+        {
             Entry::Occupied(mut queue) => queue.get_mut().push_back(message),
             Entry::Vacant(slot) => {
                 self.rotation.push_back(slot.key().clone());
@@ -251,10 +268,45 @@ where
     }
 }
 
-impl<S, Req> Drop for Worker<S, Req>
+impl<S, Req, X> Future for FairQueueWorker<S, Req, X>
 where
     S: Service<Req>,
-    Req: Keyed,
+    S::Error: Into<BoxError>,
+    X: ExtractKey<Req>,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.get_mut().poll_work(cx)
+    }
+}
+
+// The worker never pins any of its fields (the inner service is only used through `&mut`), so it can be moved freely
+// whatever the inner service is.
+impl<S, Req, X> Unpin for FairQueueWorker<S, Req, X>
+where
+    S: Service<Req>,
+    X: ExtractKey<Req>,
+{
+}
+
+impl<S, Req, X> fmt::Debug for FairQueueWorker<S, Req, X>
+where
+    S: Service<Req>,
+    X: ExtractKey<Req>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FairQueueWorker")
+            .field("keys_waiting", &self.rotation.len())
+            .field("handles_gone", &self.rx_closed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, Req, X> Drop for FairQueueWorker<S, Req, X>
+where
+    S: Service<Req>,
+    X: ExtractKey<Req>,
 {
     fn drop(&mut self) {
         // Callers waiting for a place learn at once that none will come. Queued callers learn it from their dropped

@@ -1,17 +1,18 @@
 //! Error types.
 
+use std::{error::Error, fmt};
+
 /// A request was refused because its key already has as many requests waiting as allowed.
 ///
 /// The key is deliberately not part of the error: keys are often user ids and error texts reach logs. The caller
 /// still has the request and knows its key.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("too many requests waiting for this key (limit {max_waiting})")]
-pub struct UserQueueFull {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyQueueFull {
     max_active: usize,
     max_waiting: usize,
 }
 
-impl UserQueueFull {
+impl KeyQueueFull {
     pub(crate) fn new(max_active: usize, max_waiting: usize) -> Self {
         Self {
             max_active,
@@ -29,3 +30,15 @@ impl UserQueueFull {
         self.max_active
     }
 }
+
+impl fmt::Display for KeyQueueFull {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "too many requests waiting for this key (limit {})",
+            self.max_waiting
+        )
+    }
+}
+
+impl Error for KeyQueueFull {}

@@ -1,5 +1,5 @@
-use super::{error::UserQueueFull, future::ResponseFuture};
-use crate::layers::{BoxError, Keyed};
+use super::{error::KeyQueueFull, future::ResponseFuture};
+use crate::{BoxError, ExtractKey, KeyFromRequest};
 use std::{
     collections::HashMap,
     fmt,
@@ -13,30 +13,47 @@ use tower::Service;
 /// Limits each key to `max_active` requests in flight and `max_waiting` more waiting; see the
 /// [module docs](super).
 ///
-/// Clones share one keyed state, so a limit holds across every clone of the service.
-pub struct PerUserLimit<S, K> {
+/// `K` is the key type and `X` the [`ExtractKey`] that finds a request's key ([`KeyFromRequest`] by default, for
+/// [`Keyed`](crate::Keyed) requests). Clones share one keyed state, so a limit holds across every clone of the
+/// service.
+pub struct KeyedLimit<S, K, X = KeyFromRequest> {
     inner: S,
+    extract: X,
     keys: Keys<K>,
     max_active: usize,
     max_waiting: usize,
 }
 
-impl<S, K> PerUserLimit<S, K>
+impl<S, K> KeyedLimit<S, K>
 where
     K: Eq + Hash,
 {
-    /// Wraps `inner`, allowing `max_active` requests per key in flight and `max_waiting` more waiting.
+    /// Wraps `inner`, allowing `max_active` requests per key in flight and `max_waiting` more waiting; requests name
+    /// their key through [`Keyed`](crate::Keyed).
     ///
     /// # Panics
     ///
     /// If `max_active` is 0: no request could ever run.
     pub fn new(inner: S, max_active: usize, max_waiting: usize) -> Self {
-        assert!(
-            max_active > 0,
-            "PerUserLimit needs max_active of at least 1"
-        );
+        Self::with_key(inner, KeyFromRequest, max_active, max_waiting)
+    }
+}
+
+impl<S, K, X> KeyedLimit<S, K, X>
+where
+    K: Eq + Hash,
+{
+    /// Like [`new`](KeyedLimit::new), but finds each request's key with `extract`, typically a closure
+    /// `|req: &Req| key`.
+    ///
+    /// # Panics
+    ///
+    /// If `max_active` is 0: no request could ever run.
+    pub fn with_key(inner: S, extract: X, max_active: usize, max_waiting: usize) -> Self {
+        assert!(max_active > 0, "KeyedLimit needs max_active of at least 1");
         Self {
             inner,
+            extract,
             keys: Keys::default(),
             max_active,
             max_waiting,
@@ -59,9 +76,9 @@ where
     }
 }
 
-impl<S, K, Req> Service<Req> for PerUserLimit<S, K>
+impl<S, K, X, Req> Service<Req> for KeyedLimit<S, K, X>
 where
-    Req: Keyed<Key = K>,
+    X: ExtractKey<Req, Key = K>,
     K: Clone + Eq + Hash,
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
@@ -77,21 +94,22 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        let key = request.key();
+        let key = self.extract.extract_key(&request);
         let max_admitted = self.max_active.saturating_add(self.max_waiting);
         match self.keys.admit(key, self.max_active, max_admitted) {
             Some((semaphore, guard)) => {
                 ResponseFuture::admitted(semaphore, guard, self.inner.clone(), request)
             }
-            None => ResponseFuture::refused(UserQueueFull::new(self.max_active, self.max_waiting)),
+            None => ResponseFuture::refused(KeyQueueFull::new(self.max_active, self.max_waiting)),
         }
     }
 }
 
-impl<S: Clone, K> Clone for PerUserLimit<S, K> {
+impl<S: Clone, K, X: Clone> Clone for KeyedLimit<S, K, X> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
+            extract: self.extract.clone(),
             keys: self.keys.clone(),
             max_active: self.max_active,
             max_waiting: self.max_waiting,
@@ -99,9 +117,9 @@ impl<S: Clone, K> Clone for PerUserLimit<S, K> {
     }
 }
 
-impl<S: fmt::Debug, K> fmt::Debug for PerUserLimit<S, K> {
+impl<S: fmt::Debug, K, X> fmt::Debug for KeyedLimit<S, K, X> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PerUserLimit")
+        f.debug_struct("KeyedLimit")
             .field("inner", &self.inner)
             .field("max_active", &self.max_active)
             .field("max_waiting", &self.max_waiting)
@@ -119,7 +137,7 @@ struct KeyState {
     admitted: usize,
 }
 
-/// The keyed state shared by every clone of a [`PerUserLimit`].
+/// The keyed state shared by every clone of a [`KeyedLimit`].
 pub(super) struct Keys<K>(Arc<Mutex<HashMap<K, KeyState>>>);
 
 impl<K> Default for Keys<K> {

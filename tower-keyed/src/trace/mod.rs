@@ -6,7 +6,11 @@
 //! from the call.
 //!
 //! The span comes from a [`MakeSpan`]: any `Fn(&Req) -> Span` closure ([`TraceLayer::new`]), or [`KeyedSpan`]
-//! ([`TraceLayer::keyed`]) for [`Keyed`](crate::layers::Keyed) requests.
+//! ([`TraceLayer::keyed`]) for [`Keyed`](crate::Keyed) requests or, with [`TraceLayer::with_key`], for any request
+//! whose key a closure can extract.
+//!
+//! Trace adds no errors of its own, so it passes the inner service's error type through unchanged (it only needs to
+//! be `Display`, for the outcome event); it does not box.
 
 pub mod future;
 mod layer;
@@ -20,7 +24,7 @@ pub use self::{
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layers::{BoxError, Keyed};
+    use crate::{BoxError, Keyed};
     use std::{
         collections::HashMap,
         fmt,
@@ -146,6 +150,64 @@ mod tests {
             .expect("an event in the request's span when it finished");
         assert_eq!(event.get("outcome"), Some("ok"));
         assert_eq!(event.get("elapsed_ms"), Some("250"));
+    }
+
+    /// The error type is the inner service's, not a box: the caller gets the inner error value back as it was.
+    #[tokio::test(start_paused = true)]
+    async fn inner_errors_pass_through_with_their_own_type() {
+        #[derive(Debug, PartialEq)]
+        struct Refused(u16);
+        impl fmt::Display for Refused {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "refused with {}", self.0)
+            }
+        }
+        let inner = service_fn(|_req: Req| async { Err::<(), _>(Refused(429)) });
+        let mut svc = TraceLayer::keyed("typed").layer(inner);
+        // Naming the type pins it: this would not compile if Trace boxed the error.
+        let error: Refused = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(Req("tenant-c"))
+            .await
+            .unwrap_err();
+        assert_eq!(error, Refused(429));
+    }
+
+    /// A request type that is not `Keyed` (a (tenant, n) tuple) gets its key from a closure.
+    #[tokio::test(start_paused = true)]
+    async fn keyed_span_with_a_closure_extractor() {
+        let capture = Capture::default();
+        let _subscriber =
+            tracing::subscriber::set_default(tracing_subscriber::registry().with(capture.clone()));
+        let seen = Arc::new(Mutex::new(None));
+        let inner = {
+            let seen = seen.clone();
+            service_fn(move |_req: (String, u32)| {
+                *seen.lock().unwrap() = tracing::Span::current().id().map(|id| id.into_u64());
+                async { Ok::<_, BoxError>(()) }
+            })
+        };
+        let mut svc = TraceLayer::keyed("tuple-request")
+            .with_key(|req: &(String, u32)| req.0.clone())
+            .layer(inner);
+
+        svc.ready()
+            .await
+            .unwrap()
+            .call(("tenant-d".to_owned(), 7))
+            .await
+            .unwrap();
+
+        let span_id = seen
+            .lock()
+            .unwrap()
+            .expect("the inner service was called outside any span");
+        let captured = capture.0.lock().unwrap();
+        let (_, fields) = &captured.spans[&span_id];
+        assert_eq!(fields.get("key"), Some("\"tenant-d\""));
+        assert_eq!(fields.get("otel.name"), Some("tuple-request"));
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,24 +1,24 @@
-//! The worker's keyed layers in front of something other than jobs: an API gateway whose backend is shared by tenants.
+//! The keyed layers in front of an API gateway whose backend is shared by tenants.
 //!
 //! One noisy tenant fires a burst of requests; a few quiet tenants send two each a moment later. The gateway lets each
-//! tenant have 2 requests in flight and 3 waiting (more are refused at once with `UserQueueFull`), shares 4 backend
+//! tenant have 2 requests in flight and 3 waiting (more are refused at once with `KeyQueueFull`), shares 4 backend
 //! slots round-robin across tenants, and gives each request 500 ms of backend time (`Elapsed` after that).
 //!
 //! ```text
-//! cargo run --example keyed_layers
-//! RUST_LOG=debug cargo run --example keyed_layers   # also print each request's span and outcome event
+//! cargo run -p tower-keyed --example keyed_layers
+//! RUST_LOG=debug cargo run -p tower-keyed --example keyed_layers   # also print each request's span and outcome event
 //! ```
 
 use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
-use terminal_bench_worker::layers::{
-    BoxError, Elapsed, FairQueueLayer, GlobalConcurrencyLimitLayer, Keyed, PerUserLimitLayer,
-    TimeoutLayer, TraceLayer, UserQueueFull,
-};
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+use tower_keyed::{
+    BoxError, Elapsed, FairQueueLayer, GlobalConcurrencyLimitLayer, KeyQueueFull, Keyed,
+    KeyedLimitLayer, TimeoutLayer, TraceLayer,
+};
 use tracing_subscriber::EnvFilter;
 
 /// A request to the gateway, keyed by the tenant that sent it.
@@ -77,7 +77,7 @@ async fn main() {
     };
 
     let mut gateway = ServiceBuilder::new()
-        .layer(PerUserLimitLayer::new(2, 3))
+        .layer(KeyedLimitLayer::new(2, 3))
         .layer(FairQueueLayer::new(64))
         .layer(GlobalConcurrencyLimitLayer::new(4))
         .layer(TraceLayer::keyed("tenant-request"))
@@ -85,7 +85,7 @@ async fn main() {
         .service(backend);
 
     println!(
-        "gateway: PerUserLimit(2 active + 3 waiting per tenant) → FairQueue(64) → GlobalConcurrencyLimit(4)"
+        "gateway: KeyedLimit(2 active + 3 waiting per tenant) → FairQueue(64) → GlobalConcurrencyLimit(4)"
     );
     println!(
         "         → Trace → Timeout(500 ms) → backend (100 ms a request, 800 ms for /reports)"
@@ -131,12 +131,12 @@ async fn main() {
         let response = gateway
             .ready()
             .await
-            .expect("PerUserLimit is always ready")
+            .expect("KeyedLimit is always ready")
             .call(request);
         calls.push(tokio::spawn(async move {
             let outcome = match response.await {
                 Ok(_) => Outcome::Ok,
-                Err(error) if error.is::<UserQueueFull>() => Outcome::Refused(error.to_string()),
+                Err(error) if error.is::<KeyQueueFull>() => Outcome::Refused(error.to_string()),
                 Err(error) if error.is::<Elapsed>() => Outcome::TimedOut,
                 Err(error) => Outcome::Failed(error.to_string()),
             };
@@ -177,7 +177,7 @@ async fn main() {
     }
     println!("\nserved: {served}");
     println!(
-        "refused with UserQueueFull ({}): {}",
+        "refused with KeyQueueFull ({}): {}",
         refused.len(),
         refused.join(", ")
     );

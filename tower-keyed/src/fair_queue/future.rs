@@ -1,7 +1,7 @@
 //! The [`FairQueue`](super::FairQueue) response future.
 
 use super::{error::QueueClosed, worker::Shared};
-use crate::layers::BoxError;
+use crate::BoxError;
 use pin_project_lite::pin_project;
 use std::{
     fmt,
