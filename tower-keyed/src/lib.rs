@@ -78,19 +78,31 @@
 //! `error.is::<T>()` or `downcast_ref`: [`KeyQueueFull`] (the key's waiting room is full; retry later),
 //! [`QueueClosed`] (the fair queue's worker is gone; its `source()` is the inner service's failure, if any) and, from
 //! tower's timeout, [`Elapsed`]. [`Trace`] adds none and passes the inner error type through unchanged.
+//!
+//! # Calls to a shared upstream
+//!
+//! Two more layers guard calls *out* to a service many requests share, such as a rate-limited model API:
+//! [`adaptive_limit`] (a process-wide concurrency limit that shrinks multiplicatively when the upstream says it is
+//! overloaded and grows additively while it copes) and [`retry`] (exponential back-off with jitter that honours a
+//! server's `Retry-After`). Put the retry outside the adaptive limit, so a request waiting to be retried holds no
+//! place: `RetryLayer → AdaptiveLimitLayer → client`. Both pass the inner error type through.
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod adaptive_limit;
 pub mod fair_queue;
 mod key;
 pub mod keyed_limit;
+pub mod retry;
 pub mod trace;
 
 pub use key::{ExtractKey, KeyFromRequest, Keyed};
 
+pub use adaptive_limit::{AdaptiveLimit, AdaptiveLimitLayer, AimdConfig, LimitHandle, Signal};
 pub use fair_queue::{FairQueue, FairQueueLayer, FairQueueWorker, QueueClosed};
 pub use keyed_limit::{KeyQueueFull, KeyedLimit, KeyedLimitLayer};
+pub use retry::{Backoff, Decision, RetryPolicy};
 pub use tower::limit::GlobalConcurrencyLimitLayer;
 pub use tower::timeout::{TimeoutLayer, error::Elapsed};
 pub use trace::{KeyedSpan, MakeSpan, Trace, TraceLayer};
