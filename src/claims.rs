@@ -9,8 +9,9 @@
 //!   **epoch** (the fencing token) and records the owner's turn.
 //! - **Lease**: every claim expires `WORKER_LEASE_SECS` after its last renewal; [`heartbeat`] renews all of a worker's
 //!   claims and reports those it no longer holds.
-//! - **Fencing** ([`check_fence`]): every later write for a job runs in a transaction that first locks the claim row
-//!   `FOR SHARE` and checks worker and epoch, so a worker that lost its lease cannot overwrite the new owner's work.
+//! - **Fencing** ([`check_fence`], in [`crate::fence`]): every later write for a job runs in a transaction that first
+//!   locks the claim row `FOR SHARE` and checks worker and epoch, so a worker that lost its lease cannot overwrite
+//!   the new owner's work.
 //! - **Rescue** ([`rescue_expired`]): a `running` job whose lease expired goes back to `queued` (its unfinished
 //!   attempts too; finished ones are kept), at most `MAX_JOB_RESCUES` times; after that it fails with a message.
 
@@ -18,27 +19,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement,
-    TransactionTrait, Value,
-};
+use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, TransactionTrait};
 use uuid::Uuid;
 
+use crate::fence::stmt;
+pub use crate::fence::{Claim, FenceError, LeaseLost, check_fence, let_go};
 use crate::stop::Stop;
 
 /// Key of the advisory lock that serializes claims and rescues across worker processes.
 const CLAIM_LOCK: i64 = 0x7462_775f_636c_6169;
-
-/// A job held by a worker: writes for the job must present it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Claim {
-    /// The job.
-    pub job_id: Uuid,
-    /// The worker holding it.
-    pub worker_id: Uuid,
-    /// The fencing token: bumped by every claim and rescue of the job.
-    pub epoch: i64,
-}
 
 /// Why a claim was refused. The job stays `queued` and is offered again later.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,13 +56,6 @@ pub enum Refused {
     NotYourTurn,
 }
 
-/// A write for a job this worker no longer holds.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "job {0} is no longer held by this worker (its lease expired and it was rescued or released)"
-)]
-pub struct LeaseLost(pub Uuid);
-
 /// Limits the claim enforces across all workers.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -81,10 +63,6 @@ pub struct Limits {
     pub max_jobs: usize,
     /// `MAX_ACTIVE_JOBS_PER_USER`.
     pub max_active_per_owner: usize,
-}
-
-fn stmt(sql: &str, values: Vec<Value>) -> Statement {
-    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
 }
 
 fn secs(d: Duration) -> f64 {
@@ -191,32 +169,6 @@ pub async fn claim(
         worker_id,
         epoch,
     }))
-}
-
-/// Inside a transaction: lock the claim row against rescue and check that `claim` still holds it.
-pub async fn check_fence(txn: &impl ConnectionTrait, claim: &Claim) -> Result<(), FenceError> {
-    let held = txn
-        .query_one_raw(stmt(
-            "SELECT 1 AS held FROM tbw_claims WHERE job_id = $1 AND worker_id = $2 AND epoch = $3 FOR SHARE",
-            vec![claim.job_id.into(), claim.worker_id.into(), claim.epoch.into()],
-        ))
-        .await?;
-    if held.is_some() {
-        Ok(())
-    } else {
-        Err(FenceError::LeaseLost(LeaseLost(claim.job_id)))
-    }
-}
-
-/// A fenced write failed.
-#[derive(Debug, thiserror::Error)]
-pub enum FenceError {
-    /// The claim is gone.
-    #[error(transparent)]
-    LeaseLost(#[from] LeaseLost),
-    /// The database failed.
-    #[error(transparent)]
-    Db(#[from] DbErr),
 }
 
 /// Renew the claims of `worker_id` on `jobs` and the worker's heartbeat. Returns the claims still held.
@@ -386,17 +338,6 @@ pub async fn worker_stopped(db: &DatabaseConnection, id: Uuid) -> Result<(), DbE
     db.execute_raw(stmt(
         "UPDATE tbw_workers SET stopped_at = now() WHERE id = $1",
         vec![id.into()],
-    ))
-    .await?;
-    Ok(())
-}
-
-/// Inside a fenced transaction: the job's work is over, so its claim is no longer renewed or rescued. The epoch is
-/// bumped so that nothing more can be written under the old claim.
-pub async fn let_go(txn: &impl ConnectionTrait, claim: &Claim) -> Result<(), DbErr> {
-    txn.execute_raw(stmt(
-        "UPDATE tbw_claims SET worker_id = NULL, epoch = epoch + 1, lease_expires_at = NULL WHERE job_id = $1 AND epoch = $2",
-        vec![claim.job_id.into(), claim.epoch.into()],
     ))
     .await?;
     Ok(())

@@ -9,25 +9,12 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
-    DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QueryOrder, TransactionTrait,
+    DbErr, EntityTrait, QueryFilter, QueryOrder,
 };
 use uuid::Uuid;
 
 use crate::attempt::AttemptOutcome;
-use crate::claims::{self, Claim, FenceError};
-
-/// Begin a transaction for a write on a claimed job: with a claim, the claim row is locked and checked first, so a
-/// worker that lost its lease writes nothing. Without one (the embedded default) it is a plain transaction.
-pub async fn fenced(
-    db: &DatabaseConnection,
-    fence: Option<&Claim>,
-) -> Result<DatabaseTransaction, FenceError> {
-    let txn = db.begin().await?;
-    if let Some(claim) = fence {
-        claims::check_fence(&txn, claim).await?;
-    }
-    Ok(txn)
-}
+use crate::fence::{Claim, FenceError, fenced, let_go};
 
 /// PostgreSQL refuses NUL in `text` and `\u0000` in `jsonb`; task output may hold them (binary output). They are
 /// replaced, so one byte of output can never make an attempt's record unwritable.
@@ -483,7 +470,7 @@ pub async fn finish_job(
         }
     };
     if let Some(claim) = fence {
-        claims::let_go(&txn, claim).await?;
+        let_go(&txn, claim).await?;
     }
     txn.commit().await?;
     Ok(changed)

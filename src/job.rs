@@ -16,9 +16,10 @@ use uuid::Uuid;
 
 use crate::attempt::runner::{self, AttemptRunner};
 use crate::attempt::{self, AttemptContext, AttemptId, AttemptOutcome, humanize};
-use crate::claims::{Claim, FenceError, LeaseLost, Leases};
+use crate::claims::Leases;
 use crate::config::Config;
 use crate::db::{self, Finish};
+use crate::fence::{Claim, FenceError, LeaseLost};
 use crate::layers::Elapsed;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::stop::{Stop, StopReason};

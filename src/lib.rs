@@ -20,6 +20,7 @@ pub mod attempt;
 pub mod claims;
 pub mod config;
 pub mod db;
+pub mod fence;
 pub mod job;
 pub mod layers;
 pub mod listener;

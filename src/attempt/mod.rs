@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 pub use outcome::{AttemptOutcome, EpisodeRecord, ErrorType, PhaseTiming, TestCase};
 
+use crate::fence::Claim;
 use crate::runtime::{PreparedImage, Runtime, Sandbox, SandboxSpec};
 use crate::stop::{Stop, StopReason};
 use crate::store::ArtifactStore;
@@ -56,7 +57,7 @@ pub struct AttemptContext {
     /// The job's stop signal (cancelled by the platform, job deadline, worker shutdown, lease lost).
     pub stop: Stop,
     /// The job's claim, presented with every write (fencing); `None` in the embedded default.
-    pub fence: Option<crate::claims::Claim>,
+    pub fence: Option<Claim>,
 }
 
 /// The deadline of one attempt: `HARBOR_TIMEOUT_MS`, or less when `task.toml` bounds the agent: its agent and verifier
