@@ -2,7 +2,7 @@
 //! worker never overwrites what the platform decided (a cancelled job stays cancelled).
 
 use chrono::{DateTime, Utc};
-use entity::attempt::{self, AttemptStatus};
+use entity::attempt::{self, AttemptStatus, ErrorType};
 use entity::episode;
 use entity::job::{self, JobStatus};
 use migration::{Migrator, MigratorTrait};
@@ -354,7 +354,7 @@ pub async fn record_outcome(
 pub async fn fail_unfinished_attempts(
     db: &impl ConnectionTrait,
     job_id: Uuid,
-    error_type: &str,
+    error_type: ErrorType,
     message: &str,
 ) -> Result<u64, DbErr> {
     let result = attempt::Entity::update_many()
@@ -366,7 +366,7 @@ pub async fn fail_unfinished_attempts(
         .col_expr(
             attempt::Column::Metadata,
             Expr::value(scrub_json(
-                serde_json::json!({ "testCases": [], "error": message, "errorType": error_type }),
+                serde_json::json!({ "testCases": [], "error": message, "errorType": error_type.as_str() }),
             )),
         )
         .filter(attempt::Column::JobId.eq(job_id))
@@ -389,7 +389,7 @@ async fn fail_cancelled_attempts(txn: &impl ConnectionTrait, job_id: Uuid) -> Re
     fail_unfinished_attempts(
         txn,
         job_id,
-        "CancellationError",
+        ErrorType::CancellationError,
         "the job was cancelled before this attempt ran",
     )
     .await
@@ -405,7 +405,7 @@ pub enum Finish {
         /// The job's `error_message`.
         message: String,
         /// `errorType` for unfinished attempts.
-        error_type: &'static str,
+        error_type: ErrorType,
     },
     /// The platform cancelled the job: its status stays as the platform wrote it; unfinished attempts are failed
     /// with `CancellationError`.
@@ -447,7 +447,7 @@ pub async fn finish_job(
                     Some(message),
                 )
                 .await?;
-            fail_unfinished_attempts(&txn, job_id, error_type, message).await?;
+            fail_unfinished_attempts(&txn, job_id, *error_type, message).await?;
             changed
         }
         Finish::Cancelled => {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use entity::attempt::AttemptStatus;
+use entity::attempt::{AttemptStatus, ErrorType};
 use entity::job;
 use sea_orm::{DatabaseConnection, DbErr};
 use tokio_util::sync::CancellationToken;
@@ -173,14 +173,14 @@ impl Worker {
                     "the job took longer than its limit of {}",
                     humanize(self.config.job_timeout)
                 )),
-                error_type: "TimeoutError",
+                error_type: ErrorType::TimeoutError,
             },
             (None, Some(e)) => {
                 let message = sentence(&e.to_string());
                 tracing::warn!(job = %job_id, error = %message, "job failed");
                 Finish::Failed {
                     message,
-                    error_type: "ExecutionError",
+                    error_type: ErrorType::ExecutionError,
                 }
             }
             (None, None) => Finish::Completed,

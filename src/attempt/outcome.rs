@@ -8,30 +8,8 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-/// The platform's `metadata.errorType` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum ErrorType {
-    /// The model's API refused for rate limits.
-    RateLimitError,
-    /// The attempt (or its agent) ran out of time.
-    TimeoutError,
-    /// The job was cancelled.
-    CancellationError,
-    /// Anything else that went wrong running the attempt.
-    ExecutionError,
-}
-
-impl ErrorType {
-    /// The platform's spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorType::RateLimitError => "RateLimitError",
-            ErrorType::TimeoutError => "TimeoutError",
-            ErrorType::CancellationError => "CancellationError",
-            ErrorType::ExecutionError => "ExecutionError",
-        }
-    }
-}
+/// The platform's `metadata.errorType` values; defined with the attempt entity, whose metadata holds them.
+pub use entity::attempt::ErrorType;
 
 /// One entry of `metadata.testCases`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -296,6 +274,19 @@ mod tests {
         o.fail(ErrorType::TimeoutError, "agent timed out");
         o.finalize_status();
         assert_eq!(o.status, AttemptStatus::Success);
+    }
+
+    #[test]
+    fn error_types_keep_the_platforms_spelling() {
+        for (kind, name) in [
+            (ErrorType::RateLimitError, "RateLimitError"),
+            (ErrorType::TimeoutError, "TimeoutError"),
+            (ErrorType::CancellationError, "CancellationError"),
+            (ErrorType::ExecutionError, "ExecutionError"),
+        ] {
+            assert_eq!(kind.as_str(), name);
+            assert_eq!(serde_json::to_value(kind).unwrap(), json!(name));
+        }
     }
 
     #[test]

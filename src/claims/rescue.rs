@@ -1,6 +1,7 @@
 //! Rescue: jobs whose lease expired, and claims this worker holds but no longer works on, go back to `queued` (or
 //! fail after too many rescues).
 
+use entity::attempt::ErrorType;
 use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, TransactionTrait};
 use uuid::Uuid;
 
@@ -74,7 +75,8 @@ async fn take_back(
             vec![job_id.into(), message.clone().into()],
         ))
         .await?;
-        crate::db::fail_unfinished_attempts(txn, job_id, "ExecutionError", &message).await?;
+        crate::db::fail_unfinished_attempts(txn, job_id, ErrorType::ExecutionError, &message)
+            .await?;
     } else {
         txn.execute_raw(stmt(
             "UPDATE jobs SET status = 'queued', updated_at = now() WHERE id = $1 AND status = 'running'",
