@@ -13,7 +13,6 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use crate::attempt::AttemptOutcome;
 use crate::fence::{Claim, FenceError, fenced, let_go};
 
 /// PostgreSQL refuses NUL in `text` and `\u0000` in `jsonb`; task output may hold them (binary output). They are
@@ -290,51 +289,36 @@ pub async fn requeue_running_attempts(
     Ok(result.rows_affected)
 }
 
-/// Write an attempt's outcome, its episodes, and (unless it was cancelled) count it in `runs_completed`, in one
+/// The rows that record how an attempt ended, as [`record_outcome`] writes them (built from the attempt's outcome
+/// by `AttemptOutcome::rows`).
+#[derive(Debug, Clone)]
+pub struct OutcomeRows {
+    /// The attempt row's new values; its id names the row.
+    pub attempt: attempt::ActiveModel,
+    /// The attempt's episodes; they replace any written before.
+    pub episodes: Vec<episode::ActiveModel>,
+    /// Whether the attempt counts in the job's `runs_completed` (a cancelled one does not).
+    pub completed_run: bool,
+}
+
+/// Write an attempt's row, its episodes, and (unless it was cancelled) count it in `runs_completed`, in one
 /// transaction.
 pub async fn record_outcome(
     db: &DatabaseConnection,
     job_id: Uuid,
-    out: &AttemptOutcome,
-    agent_name: &str,
+    rows: OutcomeRows,
     fence: Option<&Claim>,
 ) -> Result<(), FenceError> {
     let txn = fenced(db, fence).await?;
-    attempt::Entity::update(attempt::ActiveModel {
-        id: Set(out.attempt_id),
-        status: Set(out.status),
-        tests_passed: Set(out.tests_passed),
-        tests_total: Set(out.tests_total),
-        started_at: Set(out.started_at.map(|t| t.fixed_offset())),
-        finished_at: Set(Some(
-            out.finished_at.unwrap_or_else(Utc::now).fixed_offset(),
-        )),
-        reward_summary: Set(out.reward_json().map(scrub_json)),
-        log_path: Set(out.log_path.clone()),
-        metadata: Set(Some(scrub_json(out.metadata_json(agent_name)))),
-        ..Default::default()
-    })
-    .exec(&txn)
-    .await?;
+    let attempt_id = attempt::Entity::update(rows.attempt).exec(&txn).await?.id;
     episode::Entity::delete_many()
-        .filter(episode::Column::AttemptId.eq(out.attempt_id))
+        .filter(episode::Column::AttemptId.eq(attempt_id))
         .exec(&txn)
         .await?;
-    for (index, ep) in out.episodes.iter().enumerate() {
-        episode::Entity::insert(episode::ActiveModel {
-            id: Set(Uuid::new_v4()),
-            attempt_id: Set(out.attempt_id),
-            index: Set(i32::try_from(index).unwrap_or(i32::MAX)),
-            state_analysis: Set(scrub_text(&ep.state_analysis)),
-            explanation: Set(scrub_text(&ep.explanation)),
-            commands: Set(Some(scrub_json(ep.commands.clone()))),
-            duration_ms: Set(Some(ep.duration_ms)),
-            metadata: Set(Some(serde_json::json!({ "agent": agent_name }))),
-        })
-        .exec(&txn)
-        .await?;
+    for episode in rows.episodes {
+        episode::Entity::insert(episode).exec(&txn).await?;
     }
-    if !out.is_cancelled() {
+    if rows.completed_run {
         job::Entity::update_many()
             .col_expr(
                 job::Column::RunsCompleted,

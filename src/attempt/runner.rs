@@ -97,7 +97,7 @@ impl Service<AttemptId> for AttemptRunner {
                             .await
                             .map_err(fence_error)?
                     }
-                    _ => db::record_outcome(&db, ctx.job_id, &out, ORACLE, fence)
+                    _ => db::record_outcome(&db, ctx.job_id, out.rows(ORACLE), fence)
                         .await
                         .map_err(fence_error)?,
                 }
