@@ -15,11 +15,12 @@ use tower::ServiceExt;
 use uuid::Uuid;
 
 use crate::attempt::runner::{self, AttemptRunner};
-use crate::attempt::{self, AttemptContext, AttemptId, AttemptOutcome, humanize};
+use crate::attempt::{self, AttemptContext, AttemptId, AttemptOutcome};
 use crate::claims::Leases;
 use crate::config::Config;
 use crate::db::{self, Finish};
 use crate::fence::{Claim, FenceError, LeaseLost};
+use crate::fmt::humanize;
 use crate::layers::Elapsed;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::stop::{Stop, StopReason};

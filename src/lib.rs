@@ -21,6 +21,7 @@ pub mod claims;
 pub mod config;
 pub mod db;
 pub mod fence;
+pub mod fmt;
 pub mod job;
 pub mod layers;
 pub mod listener;

@@ -18,9 +18,9 @@ use tokio_util::sync::CancellationToken;
 use tower::{BoxError, ServiceExt};
 use uuid::Uuid;
 
-use crate::attempt::humanize;
 use crate::claims;
 use crate::db;
+use crate::fmt::humanize;
 use crate::job::Worker;
 use crate::layers::{Elapsed, UserQueueFull};
 use crate::listener;
