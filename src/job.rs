@@ -14,17 +14,17 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 use uuid::Uuid;
 
+use crate::app::App;
 use crate::attempt::runner::{self, AttemptRunner};
 use crate::attempt::{self, AttemptContext, AttemptId, AttemptOutcome};
-use crate::claims::Leases;
 use crate::config::Config;
 use crate::db::{self, Finish};
 use crate::fence::{Claim, FenceError, LeaseLost};
 use crate::fmt::humanize;
 use crate::layers::Elapsed;
-use crate::runtime::{Runtime, RuntimeError};
+use crate::runtime::RuntimeError;
 use crate::stop::{Stop, StopReason};
-use crate::store::{ArtifactStore, StoreError};
+use crate::store::StoreError;
 use crate::task::{self, ArchiveError, ExtractLimits, Task, TaskError};
 
 /// How often a running job checks whether the platform cancelled it.
@@ -91,38 +91,7 @@ pub struct JobSummary {
     pub stopped: Option<StopReason>,
 }
 
-/// The parts a job needs: database, artifact store, runtime and configuration.
-#[derive(Clone)]
-pub struct Worker {
-    /// The platform's database.
-    pub db: DatabaseConnection,
-    /// Archives and results.
-    pub store: ArtifactStore,
-    /// Docker or the local sandbox.
-    pub runtime: Arc<dyn Runtime>,
-    /// Settings.
-    pub config: Arc<Config>,
-    /// Cancelled when the worker must stop its jobs now (the shutdown grace period is over): every running job
-    /// stops its attempts and goes back to the queue.
-    pub hard_stop: CancellationToken,
-    /// Present when claims go through the database's claim tables (PostgreSQL: several workers may share it).
-    pub coordination: Option<Coordination>,
-}
-
-/// This worker's identity and leases in a database shared with other workers.
-#[derive(Clone)]
-pub struct Coordination {
-    /// A fresh id per process start.
-    pub worker_id: Uuid,
-    /// How long a claim lives without renewal (`WORKER_LEASE_SECS`).
-    pub lease: Duration,
-    /// How often a job may be rescued from a lost worker (`MAX_JOB_RESCUES`).
-    pub max_rescues: i32,
-    /// Claims this process holds.
-    pub leases: Leases,
-}
-
-impl Worker {
+impl App {
     /// Run a job this worker has claimed (status `running`) to its end, recording everything. Errors that stop the
     /// job fail it with a readable `error_message`; only database failures while doing so are returned.
     pub async fn run_claimed(
