@@ -11,7 +11,7 @@ use entity::job;
 use sea_orm::{DatabaseConnection, DbErr};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::ServiceExt;
+use tower::{BoxError, ServiceExt};
 use uuid::Uuid;
 
 use crate::app::App;
@@ -59,9 +59,9 @@ pub enum JobError {
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[from] DbErr),
-    /// A bug: a task panicked.
+    /// A bug: a task panicked, or an attempt failed in a way no other variant names.
     #[error("internal error: {0}")]
-    Internal(String),
+    Internal(#[source] BoxError),
     /// The job was stopped (see its [`Stop`]) before it could finish.
     #[error("the job was stopped")]
     Stopped,
@@ -208,7 +208,7 @@ impl App {
             Ok(task::load_task(&dir)?)
         })
         .await
-        .map_err(|e| JobError::Internal(e.to_string()))??;
+        .map_err(|e| JobError::Internal(e.into()))??;
         tracing::info!(job = %job.id, task = %task.name, runs = job.runs_requested, "task unpacked");
 
         let image = tokio::select! {
@@ -273,7 +273,7 @@ impl App {
                 }
                 Err(e) => match e.downcast::<DbErr>() {
                     Ok(db_err) => return Err(JobError::Database(*db_err)),
-                    Err(other) => return Err(JobError::Internal(other.to_string())),
+                    Err(other) => return Err(JobError::Internal(other)),
                 },
             }
         }
@@ -346,5 +346,26 @@ mod tests {
             "The task archive is empty."
         );
         assert_eq!(super::sentence("done!"), "Done!");
+    }
+
+    #[test]
+    fn job_errors_keep_their_cause_behind_the_same_message() {
+        use std::error::Error;
+
+        use super::JobError;
+        let db = sea_orm::DbErr::Custom("connection reset".into());
+        let e = JobError::from(sea_orm::DbErr::Custom("connection reset".into()));
+        assert_eq!(e.to_string(), format!("database error: {db}"));
+        assert!(e.source().is_some_and(|s| s.is::<sea_orm::DbErr>()));
+
+        let e = JobError::Internal("the attempt task crashed: boom".into());
+        assert_eq!(
+            e.to_string(),
+            "internal error: the attempt task crashed: boom"
+        );
+        assert_eq!(
+            e.source().map(|s| s.to_string()).as_deref(),
+            Some("the attempt task crashed: boom")
+        );
     }
 }
