@@ -2,32 +2,18 @@
 //! worker never overwrites what the platform decided (a cancelled job stays cancelled).
 
 use chrono::{DateTime, Utc};
-use entity::attempt::{self, AttemptStatus};
+use entity::attempt::{self, AttemptStatus, ErrorType};
 use entity::episode;
 use entity::job::{self, JobStatus};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
-    DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QueryOrder, TransactionTrait,
+    DbErr, EntityTrait, QueryFilter, QueryOrder,
 };
 use uuid::Uuid;
 
-use crate::attempt::AttemptOutcome;
-use crate::claims::{self, Claim, FenceError};
-
-/// Begin a transaction for a write on a claimed job: with a claim, the claim row is locked and checked first, so a
-/// worker that lost its lease writes nothing. Without one (the embedded default) it is a plain transaction.
-pub async fn fenced(
-    db: &DatabaseConnection,
-    fence: Option<&Claim>,
-) -> Result<DatabaseTransaction, FenceError> {
-    let txn = db.begin().await?;
-    if let Some(claim) = fence {
-        claims::check_fence(&txn, claim).await?;
-    }
-    Ok(txn)
-}
+use crate::fence::{Claim, FenceError, fenced, let_go};
 
 /// PostgreSQL refuses NUL in `text` and `\u0000` in `jsonb`; task output may hold them (binary output). They are
 /// replaced, so one byte of output can never make an attempt's record unwritable.
@@ -303,51 +289,36 @@ pub async fn requeue_running_attempts(
     Ok(result.rows_affected)
 }
 
-/// Write an attempt's outcome, its episodes, and (unless it was cancelled) count it in `runs_completed`, in one
+/// The rows that record how an attempt ended, as [`record_outcome`] writes them (built from the attempt's outcome
+/// by `AttemptOutcome::rows`).
+#[derive(Debug, Clone)]
+pub struct OutcomeRows {
+    /// The attempt row's new values; its id names the row.
+    pub attempt: attempt::ActiveModel,
+    /// The attempt's episodes; they replace any written before.
+    pub episodes: Vec<episode::ActiveModel>,
+    /// Whether the attempt counts in the job's `runs_completed` (a cancelled one does not).
+    pub completed_run: bool,
+}
+
+/// Write an attempt's row, its episodes, and (unless it was cancelled) count it in `runs_completed`, in one
 /// transaction.
 pub async fn record_outcome(
     db: &DatabaseConnection,
     job_id: Uuid,
-    out: &AttemptOutcome,
-    agent_name: &str,
+    rows: OutcomeRows,
     fence: Option<&Claim>,
 ) -> Result<(), FenceError> {
     let txn = fenced(db, fence).await?;
-    attempt::Entity::update(attempt::ActiveModel {
-        id: Set(out.attempt_id),
-        status: Set(out.status),
-        tests_passed: Set(out.tests_passed),
-        tests_total: Set(out.tests_total),
-        started_at: Set(out.started_at.map(|t| t.fixed_offset())),
-        finished_at: Set(Some(
-            out.finished_at.unwrap_or_else(Utc::now).fixed_offset(),
-        )),
-        reward_summary: Set(out.reward_json().map(scrub_json)),
-        log_path: Set(out.log_path.clone()),
-        metadata: Set(Some(scrub_json(out.metadata_json(agent_name)))),
-        ..Default::default()
-    })
-    .exec(&txn)
-    .await?;
+    let attempt_id = attempt::Entity::update(rows.attempt).exec(&txn).await?.id;
     episode::Entity::delete_many()
-        .filter(episode::Column::AttemptId.eq(out.attempt_id))
+        .filter(episode::Column::AttemptId.eq(attempt_id))
         .exec(&txn)
         .await?;
-    for (index, ep) in out.episodes.iter().enumerate() {
-        episode::Entity::insert(episode::ActiveModel {
-            id: Set(Uuid::new_v4()),
-            attempt_id: Set(out.attempt_id),
-            index: Set(i32::try_from(index).unwrap_or(i32::MAX)),
-            state_analysis: Set(scrub_text(&ep.state_analysis)),
-            explanation: Set(scrub_text(&ep.explanation)),
-            commands: Set(Some(scrub_json(ep.commands.clone()))),
-            duration_ms: Set(Some(ep.duration_ms)),
-            metadata: Set(Some(serde_json::json!({ "agent": agent_name }))),
-        })
-        .exec(&txn)
-        .await?;
+    for episode in rows.episodes {
+        episode::Entity::insert(episode).exec(&txn).await?;
     }
-    if !out.is_cancelled() {
+    if rows.completed_run {
         job::Entity::update_many()
             .col_expr(
                 job::Column::RunsCompleted,
@@ -367,7 +338,7 @@ pub async fn record_outcome(
 pub async fn fail_unfinished_attempts(
     db: &impl ConnectionTrait,
     job_id: Uuid,
-    error_type: &str,
+    error_type: ErrorType,
     message: &str,
 ) -> Result<u64, DbErr> {
     let result = attempt::Entity::update_many()
@@ -379,7 +350,7 @@ pub async fn fail_unfinished_attempts(
         .col_expr(
             attempt::Column::Metadata,
             Expr::value(scrub_json(
-                serde_json::json!({ "testCases": [], "error": message, "errorType": error_type }),
+                serde_json::json!({ "testCases": [], "error": message, "errorType": error_type.as_str() }),
             )),
         )
         .filter(attempt::Column::JobId.eq(job_id))
@@ -402,7 +373,7 @@ async fn fail_cancelled_attempts(txn: &impl ConnectionTrait, job_id: Uuid) -> Re
     fail_unfinished_attempts(
         txn,
         job_id,
-        "CancellationError",
+        ErrorType::CancellationError,
         "the job was cancelled before this attempt ran",
     )
     .await
@@ -418,7 +389,7 @@ pub enum Finish {
         /// The job's `error_message`.
         message: String,
         /// `errorType` for unfinished attempts.
-        error_type: &'static str,
+        error_type: ErrorType,
     },
     /// The platform cancelled the job: its status stays as the platform wrote it; unfinished attempts are failed
     /// with `CancellationError`.
@@ -460,7 +431,7 @@ pub async fn finish_job(
                     Some(message),
                 )
                 .await?;
-            fail_unfinished_attempts(&txn, job_id, error_type, message).await?;
+            fail_unfinished_attempts(&txn, job_id, *error_type, message).await?;
             changed
         }
         Finish::Cancelled => {
@@ -483,7 +454,7 @@ pub async fn finish_job(
         }
     };
     if let Some(claim) = fence {
-        claims::let_go(&txn, claim).await?;
+        let_go(&txn, claim).await?;
     }
     txn.commit().await?;
     Ok(changed)

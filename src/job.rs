@@ -6,23 +6,25 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use entity::attempt::AttemptStatus;
+use entity::attempt::{AttemptStatus, ErrorType};
 use entity::job;
 use sea_orm::{DatabaseConnection, DbErr};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::ServiceExt;
+use tower::{BoxError, ServiceExt};
 use tower_keyed::Elapsed;
 use uuid::Uuid;
 
+use crate::app::App;
 use crate::attempt::runner::{self, AttemptRunner};
-use crate::attempt::{self, AttemptContext, AttemptId, AttemptOutcome, humanize};
-use crate::claims::{Claim, FenceError, LeaseLost, Leases};
+use crate::attempt::{self, AttemptContext, AttemptId, AttemptOutcome};
 use crate::config::Config;
 use crate::db::{self, Finish};
-use crate::runtime::{Runtime, RuntimeError};
+use crate::fence::{Claim, FenceError, LeaseLost};
+use crate::fmt::humanize;
+use crate::runtime::RuntimeError;
 use crate::stop::{Stop, StopReason};
-use crate::store::{ArtifactStore, StoreError};
+use crate::store::StoreError;
 use crate::task::{self, ArchiveError, ExtractLimits, Task, TaskError};
 
 /// How often a running job checks whether the platform cancelled it.
@@ -57,9 +59,9 @@ pub enum JobError {
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[from] DbErr),
-    /// A bug: a task panicked.
+    /// A bug: a task panicked, or an attempt failed in a way no other variant names.
     #[error("internal error: {0}")]
-    Internal(String),
+    Internal(#[source] BoxError),
     /// The job was stopped (see its [`Stop`]) before it could finish.
     #[error("the job was stopped")]
     Stopped,
@@ -89,38 +91,7 @@ pub struct JobSummary {
     pub stopped: Option<StopReason>,
 }
 
-/// The parts a job needs: database, artifact store, runtime and configuration.
-#[derive(Clone)]
-pub struct Worker {
-    /// The platform's database.
-    pub db: DatabaseConnection,
-    /// Archives and results.
-    pub store: ArtifactStore,
-    /// Docker or the local sandbox.
-    pub runtime: Arc<dyn Runtime>,
-    /// Settings.
-    pub config: Arc<Config>,
-    /// Cancelled when the worker must stop its jobs now (the shutdown grace period is over): every running job
-    /// stops its attempts and goes back to the queue.
-    pub hard_stop: CancellationToken,
-    /// Present when claims go through the database's claim tables (PostgreSQL: several workers may share it).
-    pub coordination: Option<Coordination>,
-}
-
-/// This worker's identity and leases in a database shared with other workers.
-#[derive(Clone)]
-pub struct Coordination {
-    /// A fresh id per process start.
-    pub worker_id: Uuid,
-    /// How long a claim lives without renewal (`WORKER_LEASE_SECS`).
-    pub lease: Duration,
-    /// How often a job may be rescued from a lost worker (`MAX_JOB_RESCUES`).
-    pub max_rescues: i32,
-    /// Claims this process holds.
-    pub leases: Leases,
-}
-
-impl Worker {
+impl App {
     /// Run a job this worker has claimed (status `running`) to its end, recording everything. Errors that stop the
     /// job fail it with a readable `error_message`; only database failures while doing so are returned.
     pub async fn run_claimed(
@@ -172,14 +143,14 @@ impl Worker {
                     "the job took longer than its limit of {}",
                     humanize(self.config.job_timeout)
                 )),
-                error_type: "TimeoutError",
+                error_type: ErrorType::TimeoutError,
             },
             (None, Some(e)) => {
                 let message = sentence(&e.to_string());
                 tracing::warn!(job = %job_id, error = %message, "job failed");
                 Finish::Failed {
                     message,
-                    error_type: "ExecutionError",
+                    error_type: ErrorType::ExecutionError,
                 }
             }
             (None, None) => Finish::Completed,
@@ -237,7 +208,7 @@ impl Worker {
             Ok(task::load_task(&dir)?)
         })
         .await
-        .map_err(|e| JobError::Internal(e.to_string()))??;
+        .map_err(|e| JobError::Internal(e.into()))??;
         tracing::info!(job = %job.id, task = %task.name, runs = job.runs_requested, "task unpacked");
 
         let image = tokio::select! {
@@ -302,7 +273,7 @@ impl Worker {
                 }
                 Err(e) => match e.downcast::<DbErr>() {
                     Ok(db_err) => return Err(JobError::Database(*db_err)),
-                    Err(other) => return Err(JobError::Internal(other.to_string())),
+                    Err(other) => return Err(JobError::Internal(other)),
                 },
             }
         }
@@ -375,5 +346,26 @@ mod tests {
             "The task archive is empty."
         );
         assert_eq!(super::sentence("done!"), "Done!");
+    }
+
+    #[test]
+    fn job_errors_keep_their_cause_behind_the_same_message() {
+        use std::error::Error;
+
+        use super::JobError;
+        let db = sea_orm::DbErr::Custom("connection reset".into());
+        let e = JobError::from(sea_orm::DbErr::Custom("connection reset".into()));
+        assert_eq!(e.to_string(), format!("database error: {db}"));
+        assert!(e.source().is_some_and(|s| s.is::<sea_orm::DbErr>()));
+
+        let e = JobError::Internal("the attempt task crashed: boom".into());
+        assert_eq!(
+            e.to_string(),
+            "internal error: the attempt task crashed: boom"
+        );
+        assert_eq!(
+            e.source().map(|s| s.to_string()).as_deref(),
+            Some("the attempt task crashed: boom")
+        );
     }
 }

@@ -8,18 +8,21 @@
 //! # async fn f() -> eyre::Result<()> {
 //! use terminal_bench_worker::{config::Config, setup};
 //! let config = Config::from_env()?;
-//! let worker = setup::worker(&config, setup::Mode::Daemon).await?;
-//! let job = terminal_bench_worker::submit::submit(&worker, "examples/tasks/hello-world".as_ref(), 3, None).await?;
+//! let app = setup::app(&config, setup::Mode::Daemon).await?;
+//! let job = terminal_bench_worker::submit::submit(&app, "examples/tasks/hello-world".as_ref(), 3, None).await?;
 //! println!("queued {}", job.id);
 //! # Ok(()) }
 //! ```
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod attempt;
 pub mod claims;
 pub mod config;
 pub mod db;
+pub mod fence;
+pub mod fmt;
 pub mod job;
 pub mod listener;
 pub mod pipeline;

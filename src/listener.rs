@@ -11,15 +11,15 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::app::App;
 use crate::db;
-use crate::job::Worker;
 use crate::stop::StopReason;
 
 /// The channel the trigger notifies.
 pub const CHANNEL: &str = "tbw_jobs";
 
 /// Listen until `shutdown`; `poke` wakes the poller.
-pub async fn run(worker: Worker, url: String, poke: Arc<Notify>, shutdown: CancellationToken) {
+pub async fn run(app: App, url: String, poke: Arc<Notify>, shutdown: CancellationToken) {
     let mut backoff = Duration::from_millis(200);
     while !shutdown.is_cancelled() {
         let mut listener = match connect(&url).await {
@@ -45,7 +45,7 @@ pub async fn run(worker: Worker, url: String, poke: Arc<Notify>, shutdown: Cance
                 received = listener.try_recv() => received,
             };
             match received {
-                Ok(Some(n)) => on_notification(&worker, n.payload(), &poke).await,
+                Ok(Some(n)) => on_notification(&app, n.payload(), &poke).await,
                 Ok(None) => {
                     tracing::warn!("the notification connection was lost; reconnecting");
                     poke.notify_one();
@@ -65,16 +65,16 @@ async fn connect(url: &str) -> Result<PgListener, sqlx::Error> {
     Ok(listener)
 }
 
-async fn on_notification(worker: &Worker, payload: &str, poke: &Notify) {
+async fn on_notification(app: &App, payload: &str, poke: &Notify) {
     let Some((id, status)) = payload.split_once(' ') else {
         return;
     };
     let Ok(id) = id.parse::<Uuid>() else { return };
     // A job held here turned `failed` while running: if the platform cancelled it, stop it now.
     if status == "failed"
-        && let Some(co) = &worker.coordination
+        && let Some(co) = &app.coordination
         && let Some((_, stop)) = co.leases.held().into_iter().find(|(c, _)| c.job_id == id)
-        && let Ok(Some(job)) = db::find_job(&worker.db, id).await
+        && let Ok(Some(job)) = db::find_job(&app.db, id).await
         && job.is_cancelled()
     {
         tracing::info!(job = %id, "the platform cancelled the job; stopping its attempts");

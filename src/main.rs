@@ -13,8 +13,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use terminal_bench_worker::app::App;
 use terminal_bench_worker::config::Config;
-use terminal_bench_worker::job::Worker;
 use terminal_bench_worker::setup::{self, Mode};
 use terminal_bench_worker::{db, poller, submit, telemetry};
 
@@ -107,20 +107,20 @@ async fn dispatch(command: Command, config: Config) -> eyre::Result<i32> {
                 }
                 return Ok(2);
             }
-            let worker = setup::worker(&config, Mode::Daemon).await?;
+            let app = setup::app(&config, Mode::Daemon).await?;
             let shutdown = CancellationToken::new();
-            tokio::spawn(signals(shutdown.clone(), worker.clone()));
-            poller::run(worker, shutdown, Duration::from_secs(shutdown_grace_secs)).await?;
+            tokio::spawn(signals(shutdown.clone(), app.clone()));
+            poller::run(app, shutdown, Duration::from_secs(shutdown_grace_secs)).await?;
             tracing::info!("worker stopped");
             Ok(0)
         }
         Command::Submit { path, runs, user } => {
-            let worker = setup::worker(&config, Mode::Embedded).await?;
+            let app = setup::app(&config, Mode::Embedded).await?;
             let owner = match user {
-                Some(u) => Some(submit::resolve_user(&worker, &u).await?),
+                Some(u) => Some(submit::resolve_user(&app, &u).await?),
                 None => None,
             };
-            let job = submit::submit(&worker, &path, runs, owner).await?;
+            let job = submit::submit(&app, &path, runs, owner).await?;
             println!(
                 "queued job {} ({} runs of {}) from {}",
                 job.id,
@@ -132,19 +132,19 @@ async fn dispatch(command: Command, config: Config) -> eyre::Result<i32> {
         }
         Command::Run { path, runs } => run(config, path, runs).await,
         Command::Status { job } => {
-            let worker = setup::worker(&config, Mode::Embedded).await?;
+            let app = setup::app(&config, Mode::Embedded).await?;
             match job {
-                Some(id) => print_job(&worker, id).await?,
-                None => print_jobs(&worker).await?,
+                Some(id) => print_job(&app, id).await?,
+                None => print_jobs(&app).await?,
             }
             Ok(0)
         }
         Command::Cancel { job } => {
-            let worker = setup::worker(&config, Mode::Embedded).await?;
-            let Some(row) = db::find_job(&worker.db, job).await? else {
+            let app = setup::app(&config, Mode::Embedded).await?;
+            let Some(row) = db::find_job(&app.db, job).await? else {
                 bail!("no job {job}")
             };
-            if db::cancel_job(&worker.db, job).await? {
+            if db::cancel_job(&app.db, job).await? {
                 println!("job {job} cancelled (was {})", row.status.as_str());
             } else {
                 println!(
@@ -155,14 +155,14 @@ async fn dispatch(command: Command, config: Config) -> eyre::Result<i32> {
             Ok(0)
         }
         Command::Migrate => {
-            setup::worker(&config, Mode::Embedded).await?;
+            setup::app(&config, Mode::Embedded).await?;
             println!("migrations applied");
             Ok(0)
         }
     }
 }
 
-async fn signals(shutdown: CancellationToken, worker: Worker) {
+async fn signals(shutdown: CancellationToken, app: App) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -181,7 +181,7 @@ async fn signals(shutdown: CancellationToken, worker: Worker) {
         _ = int.recv() => {},
     }
     tracing::warn!("second signal: releasing this worker's jobs and exiting at once");
-    let release = poller::release_everything(&worker, Default::default());
+    let release = poller::release_everything(&app, Default::default());
     if tokio::time::timeout(Duration::from_secs(5), release)
         .await
         .is_err()
@@ -190,8 +190,8 @@ async fn signals(shutdown: CancellationToken, worker: Worker) {
             "releasing jobs took longer than 5 s; their leases will expire and another worker rescues them"
         );
     }
-    if let Some(co) = &worker.coordination {
-        let _ = terminal_bench_worker::claims::worker_stopped(&worker.db, co.worker_id).await;
+    if let Some(co) = &app.coordination {
+        let _ = terminal_bench_worker::claims::worker_stopped(&app.db, co.worker_id).await;
     }
     std::process::exit(130);
 }
@@ -203,20 +203,20 @@ async fn run(config: Config, path: PathBuf, runs: i32) -> eyre::Result<i32> {
             config.max_runs_per_job
         );
     }
-    let worker = setup::worker(&config, Mode::Embedded).await?;
-    for (what, detail) in setup::describe(&config, &worker) {
+    let app = setup::app(&config, Mode::Embedded).await?;
+    for (what, detail) in setup::describe(&config, &app) {
         println!("{what:>10}: {detail}");
     }
-    let job = submit::submit(&worker, &path, runs, None).await?;
+    let job = submit::submit(&app, &path, runs, None).await?;
     println!(
         "{:>10}: {} ({} runs of {})",
         "job", job.id, runs, job.task_name
     );
-    if !db::claim_job(&worker.db, job.id).await? {
+    if !db::claim_job(&app.db, job.id).await? {
         bail!("the job was claimed by another worker sharing this database");
     }
     let job_id = job.id;
-    let w = worker.clone();
+    let w = app.clone();
     let mut handle = tokio::spawn(async move {
         w.run_claimed(job, terminal_bench_worker::stop::Stop::new(), None)
             .await
@@ -242,10 +242,10 @@ async fn run(config: Config, path: PathBuf, runs: i32) -> eyre::Result<i32> {
             _ = tokio::signal::ctrl_c(), if !cancelled => {
                 cancelled = true;
                 bar.println("interrupted: cancelling the job and removing its containers…");
-                db::cancel_job(&worker.db, job_id).await?;
+                db::cancel_job(&app.db, job_id).await?;
             }
             _ = tokio::time::sleep(Duration::from_millis(500)) => {
-                let attempts = db::attempts_of(&worker.db, job_id).await.unwrap_or_default();
+                let attempts = db::attempts_of(&app.db, job_id).await.unwrap_or_default();
                 let done = attempts.iter().filter(|a| matches!(a.status, AttemptStatus::Success | AttemptStatus::Failed)).count();
                 let running = attempts.iter().filter(|a| a.status == AttemptStatus::Running).count();
                 bar.set_position(done as u64);
@@ -259,8 +259,8 @@ async fn run(config: Config, path: PathBuf, runs: i32) -> eyre::Result<i32> {
     };
     bar.finish_and_clear();
     let _ = summary;
-    print_job(&worker, job_id).await?;
-    let job = db::find_job(&worker.db, job_id)
+    print_job(&app, job_id).await?;
+    let job = db::find_job(&app.db, job_id)
         .await?
         .ok_or_else(|| eyre!("the job vanished"))?;
     Ok(if job.status == JobStatus::Completed {
@@ -270,7 +270,7 @@ async fn run(config: Config, path: PathBuf, runs: i32) -> eyre::Result<i32> {
     })
 }
 
-async fn print_jobs(worker: &Worker) -> eyre::Result<()> {
+async fn print_jobs(worker: &App) -> eyre::Result<()> {
     use sea_orm::{EntityTrait, QueryOrder, QuerySelect};
     let jobs = entity::job::Entity::find()
         .order_by_desc(entity::job::Column::CreatedAt)
@@ -298,7 +298,7 @@ async fn print_jobs(worker: &Worker) -> eyre::Result<()> {
     Ok(())
 }
 
-async fn print_job(worker: &Worker, id: Uuid) -> eyre::Result<()> {
+async fn print_job(worker: &App, id: Uuid) -> eyre::Result<()> {
     let Some(job) = db::find_job(&worker.db, id).await? else {
         bail!("no job {id}")
     };

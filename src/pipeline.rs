@@ -31,9 +31,10 @@ use tower_keyed::{
 };
 use uuid::Uuid;
 
+use crate::app::App;
 use crate::claims;
 use crate::db;
-use crate::job::{JobSummary, Worker};
+use crate::job::JobSummary;
 use crate::stop::{Stop, StopReason};
 
 /// Requests that can wait in the fair queue at once (beyond that, `poll_ready` waits).
@@ -68,14 +69,14 @@ pub struct ShuttingDown(pub Uuid);
 /// The end of the pipeline: claims a job and runs its attempts.
 #[derive(Clone)]
 pub struct AttemptFanout {
-    worker: Worker,
+    app: App,
     draining: tokio_util::sync::CancellationToken,
 }
 
 impl AttemptFanout {
-    /// A fan-out over `worker`; once `draining` is cancelled it claims nothing more.
-    pub fn new(worker: Worker, draining: tokio_util::sync::CancellationToken) -> AttemptFanout {
-        AttemptFanout { worker, draining }
+    /// A fan-out over `app`; once `draining` is cancelled it claims nothing more.
+    pub fn new(app: App, draining: tokio_util::sync::CancellationToken) -> AttemptFanout {
+        AttemptFanout { app, draining }
     }
 }
 
@@ -89,7 +90,7 @@ impl Service<JobRequest> for AttemptFanout {
     }
 
     fn call(&mut self, request: JobRequest) -> Self::Future {
-        let (worker, draining) = (self.worker.clone(), self.draining.clone());
+        let (app, draining) = (self.app.clone(), self.draining.clone());
         Box::pin(async move {
             let job = request.job;
             if draining.is_cancelled() {
@@ -98,22 +99,22 @@ impl Service<JobRequest> for AttemptFanout {
             let stop = Stop::new();
             // Entered before the claim, so the heartbeat never takes a fresh claim for an orphan; left when the
             // job's run ends, however it ends.
-            let registered = worker.coordination.as_ref().map(|co| {
+            let registered = app.coordination.as_ref().map(|co| {
                 co.leases.reserve(job.id);
                 Forget(co.leases.clone(), job.id)
             });
-            let fence = match &worker.coordination {
+            let fence = match &app.coordination {
                 Some(co) => {
                     let limits = claims::Limits {
-                        max_jobs: worker.config.max_concurrent_jobs,
-                        max_active_per_owner: worker.config.max_active_jobs_per_user,
+                        max_jobs: app.config.max_concurrent_jobs,
+                        max_active_per_owner: app.config.max_active_jobs_per_user,
                     };
                     let claim =
-                        claims::claim(&worker.db, co.worker_id, job.id, limits, co.lease).await??;
+                        claims::claim(&app.db, co.worker_id, job.id, limits, co.lease).await??;
                     co.leases.hold(claim, stop.clone());
                     Some(claim)
                 }
-                None if db::claim_job(&worker.db, job.id).await? => None,
+                None if db::claim_job(&app.db, job.id).await? => None,
                 None => return Err(NotQueued(job.id).into()),
             };
             tracing::info!(job = %job.id, task = %job.task_name, runs = job.runs_requested, epoch = fence.map(|c| c.epoch),
@@ -123,7 +124,7 @@ impl Service<JobRequest> for AttemptFanout {
             let guard = stop.guard(StopReason::JobTimeout);
             let run = async move {
                 let _registered = registered;
-                worker.run_claimed(job, stop, fence).await
+                app.run_claimed(job, stop, fence).await
             };
             // The job's span goes along, so the run's logs and its attempts' links point at it.
             let run = tokio::spawn(tracing::Instrument::instrument(

@@ -19,10 +19,10 @@ use tower::{BoxError, ServiceExt};
 use tower_keyed::{Elapsed, KeyQueueFull};
 use uuid::Uuid;
 
-use crate::attempt::humanize;
+use crate::app::App;
 use crate::claims;
 use crate::db;
-use crate::job::Worker;
+use crate::fmt::humanize;
 use crate::listener;
 use crate::pipeline::{self, AttemptFanout, JobPipeline, JobRequest, NotQueued, ShuttingDown};
 use crate::stop::StopReason;
@@ -35,7 +35,7 @@ const POLL_BATCH: u64 = 500;
 
 /// The poller's state: the pipeline and the jobs it holds.
 pub struct Poller {
-    worker: Worker,
+    app: App,
     pipeline: JobPipeline,
     draining: CancellationToken,
     held: HashSet<Uuid>,
@@ -44,15 +44,15 @@ pub struct Poller {
 }
 
 impl Poller {
-    /// A poller over `worker` with the standard pipeline.
-    pub fn new(worker: Worker) -> Poller {
+    /// A poller over `app` with the standard pipeline.
+    pub fn new(app: App) -> Poller {
         let draining = CancellationToken::new();
         let pipeline = pipeline::build(
-            &worker.config,
-            AttemptFanout::new(worker.clone(), draining.clone()),
+            &app.config,
+            AttemptFanout::new(app.clone(), draining.clone()),
         );
         Poller {
-            worker,
+            app,
             pipeline,
             draining,
             held: HashSet::new(),
@@ -64,10 +64,10 @@ impl Poller {
     /// Offer every queued job not held yet to the pipeline. Returns how many were offered.
     pub async fn poll_once(&mut self) -> Result<usize, DbErr> {
         self.reap();
-        let config = &self.worker.config;
+        let config = &self.app.config;
         // As many of an owner's jobs as the pipeline can hold for one owner; more would only be refused.
         let per_owner = (config.max_active_jobs_per_user + config.max_queued_jobs_per_user) as u64;
-        let queued = db::queued_jobs_fairly(&self.worker.db, per_owner, POLL_BATCH).await?;
+        let queued = db::queued_jobs_fairly(&self.app.db, per_owner, POLL_BATCH).await?;
         let mut offered = 0;
         for job in queued {
             if !self.held.insert(job.id) {
@@ -115,7 +115,7 @@ impl Poller {
             return false;
         } else if e.is::<Elapsed>() {
             // The run goes on briefly in its own task: it stops the attempts and records the timeout itself.
-            tracing::warn!(job = %id, limit = %humanize(self.worker.config.job_timeout), "the job ran past its time limit");
+            tracing::warn!(job = %id, limit = %humanize(self.app.config.job_timeout), "the job ran past its time limit");
         } else {
             tracing::error!(job = %id, error = %e, "the job's run ended with an error");
         }
@@ -162,7 +162,7 @@ impl Poller {
             jobs = self.held.len(),
             "grace period over: stopping running jobs and releasing them"
         );
-        self.worker.hard_stop.cancel();
+        self.app.hard_stop.cancel();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         while !self.tasks.is_empty() {
             if tokio::time::timeout_at(deadline, self.next_done())
@@ -173,32 +173,32 @@ impl Poller {
             }
         }
         self.tasks.abort_all();
-        release_everything(&self.worker, std::mem::take(&mut self.held)).await;
+        release_everything(&self.app, std::mem::take(&mut self.held)).await;
     }
 }
 
 /// Put every job this worker still holds back to `queued` and remove its containers (used when jobs did not stop in
 /// time, and on a second signal).
-pub async fn release_everything(worker: &Worker, held: HashSet<Uuid>) {
-    match &worker.coordination {
+pub async fn release_everything(app: &App, held: HashSet<Uuid>) {
+    match &app.coordination {
         Some(co) => {
             for (claim, _) in co.leases.held() {
-                if let Ok(true) = claims::release(&worker.db, &claim).await {
+                if let Ok(true) = claims::release(&app.db, &claim).await {
                     tracing::warn!(job = %claim.job_id, "job released back to the queue");
                 }
             }
             // Only this worker's containers: a job merely waiting here may be running on another worker by now.
-            if let Ok(owners) = worker.runtime.sandbox_owners().await {
+            if let Ok(owners) = app.runtime.sandbox_owners().await {
                 for (id, _) in owners.iter().filter(|(_, owner)| *owner == co.worker_id) {
-                    let _ = worker.runtime.remove_sandbox(id).await;
+                    let _ = app.runtime.remove_sandbox(id).await;
                 }
             }
         }
         None => {
             for id in held {
-                let _ = worker.runtime.remove_leftovers(Some(id)).await;
+                let _ = app.runtime.remove_leftovers(Some(id)).await;
                 if let Ok(true) =
-                    db::transition_job(&worker.db, id, JobStatus::Running, JobStatus::Queued, None)
+                    db::transition_job(&app.db, id, JobStatus::Running, JobStatus::Queued, None)
                         .await
                 {
                     tracing::warn!(job = %id, "job released back to the queue");
@@ -209,42 +209,34 @@ pub async fn release_everything(worker: &Worker, held: HashSet<Uuid>) {
 }
 
 /// Run the poll loop until `shutdown` is cancelled, then drain.
-pub async fn run(
-    worker: Worker,
-    shutdown: CancellationToken,
-    grace: Duration,
-) -> Result<(), DbErr> {
-    sweep_leftovers(&worker).await;
+pub async fn run(app: App, shutdown: CancellationToken, grace: Duration) -> Result<(), DbErr> {
+    sweep_leftovers(&app).await;
     tracing::info!(
-        runtime = %worker.runtime.describe(),
-        worker = ?worker.coordination.as_ref().map(|c| c.worker_id),
-        poll_ms = worker.config.poll_interval.as_millis() as u64,
-        max_jobs = worker.config.max_concurrent_jobs,
-        max_active_per_user = worker.config.max_active_jobs_per_user,
-        max_waiting_per_user = worker.config.max_queued_jobs_per_user,
+        runtime = %app.runtime.describe(),
+        worker = ?app.coordination.as_ref().map(|c| c.worker_id),
+        poll_ms = app.config.poll_interval.as_millis() as u64,
+        max_jobs = app.config.max_concurrent_jobs,
+        max_active_per_user = app.config.max_active_jobs_per_user,
+        max_waiting_per_user = app.config.max_queued_jobs_per_user,
         "worker started"
     );
     let poke = Arc::new(Notify::new());
     let background = CancellationToken::new();
     let mut helpers = JoinSet::new();
-    if worker.coordination.is_some() {
-        helpers.spawn(heartbeat(worker.clone(), background.clone()));
-        helpers.spawn(housekeeping(
-            worker.clone(),
-            poke.clone(),
-            background.clone(),
-        ));
-        if let Some(url) = worker.config.database_url.clone() {
+    if app.coordination.is_some() {
+        helpers.spawn(heartbeat(app.clone(), background.clone()));
+        helpers.spawn(housekeeping(app.clone(), poke.clone(), background.clone()));
+        if let Some(url) = app.config.database_url.clone() {
             helpers.spawn(listener::run(
-                worker.clone(),
+                app.clone(),
                 url.expose().to_string(),
                 poke.clone(),
                 background.clone(),
             ));
         }
     }
-    let interval = worker.config.poll_interval;
-    let mut poller = Poller::new(worker.clone());
+    let interval = app.config.poll_interval;
+    let mut poller = Poller::new(app.clone());
     loop {
         if let Err(e) = poller.poll_once().await {
             tracing::warn!(error = %e, "polling for jobs failed; will retry");
@@ -260,16 +252,16 @@ pub async fn run(
     poller.drain(grace).await;
     background.cancel();
     while helpers.join_next().await.is_some() {}
-    if let Some(co) = &worker.coordination {
-        let _ = claims::worker_stopped(&worker.db, co.worker_id).await;
+    if let Some(co) = &app.coordination {
+        let _ = claims::worker_stopped(&app.db, co.worker_id).await;
     }
     Ok(())
 }
 
 /// Every third of the lease, renew this worker's claims and stop jobs whose claim is gone. Nothing else runs in
 /// this loop, so slow housekeeping can never let this worker's own leases lapse.
-async fn heartbeat(worker: Worker, stop: CancellationToken) {
-    let Some(co) = worker.coordination.clone() else {
+async fn heartbeat(app: App, stop: CancellationToken) {
+    let Some(co) = app.coordination.clone() else {
         return;
     };
     loop {
@@ -280,7 +272,7 @@ async fn heartbeat(worker: Worker, stop: CancellationToken) {
         // The jobs to renew and the claims to check come from one look, so a claim made after it is not taken for
         // a lost one.
         let (ids, held) = co.leases.snapshot();
-        match claims::heartbeat(&worker.db, co.worker_id, &ids, co.lease).await {
+        match claims::heartbeat(&app.db, co.worker_id, &ids, co.lease).await {
             Ok(renewed) => {
                 for (claim, job_stop) in held {
                     if !renewed.contains(&claim) {
@@ -298,8 +290,8 @@ async fn heartbeat(worker: Worker, stop: CancellationToken) {
 
 /// Every third of the lease: give back claims whose run ended without a final write, remove containers of workers
 /// that are gone, and rescue jobs of lost workers.
-async fn housekeeping(worker: Worker, poke: Arc<Notify>, stop: CancellationToken) {
-    let Some(co) = worker.coordination.clone() else {
+async fn housekeeping(app: App, poke: Arc<Notify>, stop: CancellationToken) {
+    let Some(co) = app.coordination.clone() else {
         return;
     };
     loop {
@@ -307,23 +299,27 @@ async fn housekeeping(worker: Worker, poke: Arc<Notify>, stop: CancellationToken
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(co.lease / 3) => {}
         }
-        let mut taken_back =
-            match claims::release_orphans(&worker.db, co.worker_id, &co.leases, co.max_rescues)
-                .await
-            {
-                Ok(released) => released,
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not release orphaned claims");
-                    Vec::new()
-                }
-            };
-        if tokio::time::timeout(co.lease, sweep_gone_workers(&worker, co.lease * 2))
+        let mut taken_back = match claims::release_orphans(
+            &app.db,
+            co.worker_id,
+            &co.leases,
+            co.max_rescues,
+        )
+        .await
+        {
+            Ok(released) => released,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not release orphaned claims");
+                Vec::new()
+            }
+        };
+        if tokio::time::timeout(co.lease, sweep_gone_workers(&app, co.lease * 2))
             .await
             .is_err()
         {
             tracing::warn!("sweeping containers of gone workers is slow; it goes on next time");
         }
-        match claims::rescue_expired(&worker.db, co.max_rescues, co.worker_id).await {
+        match claims::rescue_expired(&app.db, co.max_rescues, co.worker_id).await {
             Ok(rescued) => taken_back.extend(rescued),
             Err(e) => tracing::warn!(error = %e, "could not rescue expired claims"),
         }
@@ -342,8 +338,8 @@ async fn housekeeping(worker: Worker, poke: Arc<Notify>, stop: CancellationToken
 
 /// Remove containers whose worker process is gone (stopped, or silent for longer than `stale`): a worker that
 /// exited at once, or was killed, while an attempt's container was being created leaves one behind.
-async fn sweep_gone_workers(worker: &Worker, stale: Duration) {
-    let owners = match worker.runtime.sandbox_owners().await {
+async fn sweep_gone_workers(app: &App, stale: Duration) {
+    let owners = match app.runtime.sandbox_owners().await {
         Ok(owners) if !owners.is_empty() => owners,
         Ok(_) => return,
         Err(e) => {
@@ -354,7 +350,7 @@ async fn sweep_gone_workers(worker: &Worker, stale: Duration) {
     let mut workers: Vec<Uuid> = owners.iter().map(|(_, w)| *w).collect();
     workers.sort();
     workers.dedup();
-    let gone = match claims::gone_workers(&worker.db, &workers, stale).await {
+    let gone = match claims::gone_workers(&app.db, &workers, stale).await {
         Ok(gone) => gone,
         Err(e) => {
             tracing::warn!(error = %e, "could not check the owners of environments");
@@ -362,7 +358,7 @@ async fn sweep_gone_workers(worker: &Worker, stale: Duration) {
         }
     };
     for (id, owner) in owners.iter().filter(|(_, w)| gone.contains(w)) {
-        match worker.runtime.remove_sandbox(id).await {
+        match app.runtime.remove_sandbox(id).await {
             Ok(()) => {
                 tracing::info!(container = %id, worker = %owner, "removed an environment whose worker is gone")
             }
@@ -375,8 +371,8 @@ async fn sweep_gone_workers(worker: &Worker, stale: Duration) {
 
 /// Remove environments of jobs that this database knows and that are no longer running (left by a crash). Jobs it
 /// does not know may belong to another deployment sharing the Docker host, so their containers are left alone.
-async fn sweep_leftovers(worker: &Worker) {
-    let jobs = match worker.runtime.jobs_with_sandboxes().await {
+async fn sweep_leftovers(app: &App) {
+    let jobs = match app.runtime.jobs_with_sandboxes().await {
         Ok(jobs) => jobs,
         Err(e) => {
             tracing::warn!(error = %e, "could not list leftover environments");
@@ -384,9 +380,9 @@ async fn sweep_leftovers(worker: &Worker) {
         }
     };
     for job_id in jobs {
-        match db::find_job(&worker.db, job_id).await {
+        match db::find_job(&app.db, job_id).await {
             Ok(Some(job)) if job.status != JobStatus::Running => {
-                match worker.runtime.remove_leftovers(Some(job_id)).await {
+                match app.runtime.remove_leftovers(Some(job_id)).await {
                     Ok(n) => {
                         tracing::info!(job = %job_id, removed = n, "removed environments left by an earlier run")
                     }

@@ -1,18 +1,18 @@
-//! Assemble a [`Worker`] from the configuration: the real services for the daemon, or the embedded default
+//! Assemble an [`App`] from the configuration: the real services for the daemon, or the embedded default
 //! (SQLite, a local artifact folder, Docker or a local sandbox) for `run` on a machine with nothing configured.
 
 use std::sync::Arc;
 
 use eyre::{WrapErr, eyre};
 
+use crate::app::{App, Coordination};
 use crate::config::Config;
-use crate::job::{Coordination, Worker};
 use crate::runtime::Runtime;
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::local::LocalRuntime;
 use crate::store::{ArtifactStore, LocalStore, S3Store};
 
-/// What the worker is assembled for.
+/// What the application is assembled for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// The daemon: PostgreSQL, S3 and Docker are required.
@@ -21,8 +21,8 @@ pub enum Mode {
     Embedded,
 }
 
-/// Where each part of an assembled worker comes from, for the `run` output.
-pub fn describe(config: &Config, worker: &Worker) -> Vec<(String, String)> {
+/// Where each part of an assembled application comes from, for the `run` output.
+pub fn describe(config: &Config, app: &App) -> Vec<(String, String)> {
     let database = match config.database_url.as_ref().map(|u| u.expose()) {
         Some(url) if url.starts_with("sqlite:") => "SQLite (DATABASE_URL)".to_string(),
         Some(_) => "PostgreSQL (DATABASE_URL)".to_string(),
@@ -31,8 +31,8 @@ pub fn describe(config: &Config, worker: &Worker) -> Vec<(String, String)> {
             sqlite_path(config).display()
         ),
     };
-    let store = match &worker.store {
-        ArtifactStore::S3(_) => format!("S3 bucket {}", worker.store.bucket()),
+    let store = match &app.store {
+        ArtifactStore::S3(_) => format!("S3 bucket {}", app.store.bucket()),
         ArtifactStore::Local(_) => {
             format!(
                 "local folder {} (embedded default: S3 is not configured)",
@@ -43,7 +43,7 @@ pub fn describe(config: &Config, worker: &Worker) -> Vec<(String, String)> {
     vec![
         ("database".into(), database),
         ("artifacts".into(), store),
-        ("runtime".into(), worker.runtime.describe()),
+        ("runtime".into(), app.runtime.describe()),
     ]
 }
 
@@ -51,8 +51,8 @@ fn sqlite_path(config: &Config) -> std::path::PathBuf {
     config.work_dir.join("tbw.sqlite")
 }
 
-/// Build the worker and apply migrations.
-pub async fn worker(config: &Config, mode: Mode) -> eyre::Result<Worker> {
+/// Build the application context and apply migrations.
+pub async fn app(config: &Config, mode: Mode) -> eyre::Result<App> {
     if mode == Mode::Daemon {
         config.require_daemon()?;
     }
@@ -103,7 +103,7 @@ pub async fn worker(config: &Config, mode: Mode) -> eyre::Result<Worker> {
         }
         _ => None,
     };
-    Ok(Worker {
+    Ok(App {
         db,
         store,
         runtime,

@@ -9,18 +9,18 @@ use eyre::{WrapErr, bail, eyre};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use uuid::Uuid;
 
+use crate::app::App;
 use crate::db;
-use crate::job::Worker;
 use crate::task;
 
 /// Find a user by email or id; an unknown user is an error (jobs reference existing users only).
-pub async fn resolve_user(worker: &Worker, who: &str) -> eyre::Result<Uuid> {
+pub async fn resolve_user(app: &App, who: &str) -> eyre::Result<Uuid> {
     let found = match Uuid::parse_str(who) {
-        Ok(id) => user::Entity::find_by_id(id).one(&worker.db).await?,
+        Ok(id) => user::Entity::find_by_id(id).one(&app.db).await?,
         Err(_) => {
             user::Entity::find()
                 .filter(user::Column::Email.eq(who))
-                .one(&worker.db)
+                .one(&app.db)
                 .await?
         }
     };
@@ -31,7 +31,7 @@ pub async fn resolve_user(worker: &Worker, who: &str) -> eyre::Result<Uuid> {
 
 /// Upload a task folder or zip and queue a job for it.
 pub async fn submit(
-    worker: &Worker,
+    app: &App,
     path: &Path,
     runs: i32,
     owner: Option<Uuid>,
@@ -65,10 +65,10 @@ pub async fn submit(
         chrono::Utc::now().timestamp_millis(),
         name
     );
-    let url = worker
+    let url = app
         .store
         .put(&key, Bytes::from(bytes), "application/zip")
         .await?;
-    let job = db::insert_job(&worker.db, &name, runs, &url, owner).await?;
+    let job = db::insert_job(&app.db, &name, runs, &url, owner).await?;
     Ok(job)
 }

@@ -155,7 +155,7 @@ async fn every_kind_of_bad_input_fails_its_own_job_only() {
         jobs.push((name, job.id, expect));
     }
     // A good job queued last still runs to completion.
-    let good = submit::submit(&h.worker, &example("hello-world"), 1, None)
+    let good = submit::submit(&h.app, &example("hello-world"), 1, None)
         .await
         .unwrap();
 

@@ -160,7 +160,7 @@ async fn a_rescued_job_fences_off_its_old_worker() {
     out.tests_passed = 1;
     out.verifier_ran = true;
     out.finalize_status();
-    let late = db::record_outcome(&conn, job, &out, "oracle", Some(&stale)).await;
+    let late = db::record_outcome(&conn, job, out.rows("oracle"), Some(&stale)).await;
     assert!(matches!(late, Err(FenceError::LeaseLost(_))), "{late:?}");
     let row = db::find_job(&conn, job).await.unwrap().unwrap();
     assert_eq!(row.runs_completed, 0);
@@ -171,7 +171,7 @@ async fn a_rescued_job_fences_off_its_old_worker() {
         .unwrap()
         .unwrap();
     assert!(fresh.epoch > stale.epoch);
-    db::record_outcome(&conn, job, &out, "oracle", Some(&fresh))
+    db::record_outcome(&conn, job, out.rows("oracle"), Some(&fresh))
         .await
         .unwrap();
     assert_eq!(

@@ -118,7 +118,7 @@ async fn a_database_restart_loses_nothing() {
             ("tests/test.sh", TEST_DONE),
         ],
     );
-    let first = submit::submit(&h.worker, &task, 2, None).await.unwrap();
+    let first = submit::submit(&h.app, &task, 2, None).await.unwrap();
     let log = std::env::temp_dir().join(format!("tbw-restart-{}.log", pg.port));
     let mut worker = spawn_worker(&h, &log);
 
@@ -139,7 +139,7 @@ async fn a_database_restart_loses_nothing() {
     tokio::time::sleep(Duration::from_secs(6)).await;
     pg.up();
     // A job submitted after the restart is picked up too (the listener reconnected or polling found it).
-    let second = submit::submit(&h.worker, &task, 1, None).await.unwrap();
+    let second = submit::submit(&h.app, &task, 1, None).await.unwrap();
     for job in [&first, &second] {
         let done = h.wait_final(job.id, Duration::from_secs(180)).await;
         let text = std::fs::read_to_string(&log).unwrap_or_default();

@@ -13,7 +13,7 @@ use terminal_bench_worker::{db, submit};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hello_world_job_runs_every_attempt_and_records_everything() {
     let h = harness(&[]).await;
-    let job = submit::submit(&h.worker, &example("hello-world"), 3, None)
+    let job = submit::submit(&h.app, &example("hello-world"), 3, None)
         .await
         .unwrap();
     assert_eq!(job.status, JobStatus::Queued);
@@ -107,7 +107,7 @@ async fn hello_world_job_runs_every_attempt_and_records_everything() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_tests_fail_the_attempt_but_complete_the_job() {
     let h = harness(&[]).await;
-    let job = submit::submit(&h.worker, &example("failing-tests"), 1, None)
+    let job = submit::submit(&h.app, &example("failing-tests"), 1, None)
         .await
         .unwrap();
     let done = h.run_until_final(job.id, Duration::from_secs(180)).await;
@@ -137,7 +137,7 @@ async fn failing_tests_fail_the_attempt_but_complete_the_job() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_tests_task_installs_packages_and_reports_each_test() {
     let h = harness(&[]).await;
-    let job = submit::submit(&h.worker, &example("python-tests"), 2, None)
+    let job = submit::submit(&h.app, &example("python-tests"), 2, None)
         .await
         .unwrap();
     let done = h.run_until_final(job.id, Duration::from_secs(600)).await;
@@ -158,7 +158,7 @@ async fn python_tests_task_installs_packages_and_reports_each_test() {
 async fn attempts_run_concurrently_up_to_the_per_job_limit() {
     let h = harness(&[("MAX_CONCURRENT_ATTEMPTS_PER_JOB", "2")]).await;
     let dir = tempfile::tempdir().unwrap();
-    let job = submit::submit(&h.worker, &sleepy_task(dir.path(), 2), 5, None)
+    let job = submit::submit(&h.app, &sleepy_task(dir.path(), 2), 5, None)
         .await
         .unwrap();
     let done = h.run_until_final(job.id, Duration::from_secs(180)).await;
@@ -189,7 +189,7 @@ async fn attempts_run_concurrently_up_to_the_per_job_limit() {
 async fn a_cancelled_job_stops_its_containers_and_keeps_the_platform_status() {
     let h = harness(&[]).await;
     let dir = tempfile::tempdir().unwrap();
-    let job = submit::submit(&h.worker, &sleepy_task(dir.path(), 120), 2, None)
+    let job = submit::submit(&h.app, &sleepy_task(dir.path(), 120), 2, None)
         .await
         .unwrap();
     let (stop, handle) = h.start_worker();
@@ -278,7 +278,7 @@ async fn an_agent_timeout_still_runs_the_verifier() {
             ("tests/test.sh", TEST_DONE),
         ],
     );
-    let job = submit::submit(&h.worker, &task, 1, None).await.unwrap();
+    let job = submit::submit(&h.app, &task, 1, None).await.unwrap();
     let done = h.run_until_final(job.id, Duration::from_secs(120)).await;
     assert_eq!(done.status, JobStatus::Completed);
     let a = &db::attempts_of(&h.db, job.id).await.unwrap()[0];
@@ -308,7 +308,7 @@ async fn an_agent_timeout_still_runs_the_verifier() {
 async fn a_job_past_its_deadline_fails_and_leaves_no_containers() {
     let h = harness(&[("JOB_TIMEOUT_MS", "4000")]).await;
     let dir = tempfile::tempdir().unwrap();
-    let job = submit::submit(&h.worker, &sleepy_task(dir.path(), 120), 2, None)
+    let job = submit::submit(&h.app, &sleepy_task(dir.path(), 120), 2, None)
         .await
         .unwrap();
     let (stop, handle) = h.start_worker();
@@ -364,7 +364,7 @@ async fn containers_get_the_tasks_limits_and_a_named_local_image_is_used_without
             ("tests/test.sh", TEST_DONE),
         ],
     );
-    let job = submit::submit(&h.worker, &task, 1, None).await.unwrap();
+    let job = submit::submit(&h.app, &task, 1, None).await.unwrap();
     let done = h.run_until_final(job.id, Duration::from_secs(120)).await;
     assert_eq!(
         done.status,
@@ -421,7 +421,7 @@ async fn nul_bytes_in_output_do_not_stop_the_record() {
             ),
         ],
     );
-    let job = submit::submit(&h.worker, &task, 1, None).await.unwrap();
+    let job = submit::submit(&h.app, &task, 1, None).await.unwrap();
     let done = h.run_until_final(job.id, Duration::from_secs(120)).await;
     assert_eq!(
         done.status,
@@ -460,7 +460,7 @@ async fn long_output_is_kept_truncated_not_lost() {
             ("tests/test.sh", TEST_DONE),
         ],
     );
-    let job = submit::submit(&h.worker, &task, 1, None).await.unwrap();
+    let job = submit::submit(&h.app, &task, 1, None).await.unwrap();
     let done = h.run_until_final(job.id, Duration::from_secs(120)).await;
     assert_eq!(done.status, JobStatus::Completed);
     let a = &db::attempts_of(&h.db, job.id).await.unwrap()[0];

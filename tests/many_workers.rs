@@ -136,7 +136,7 @@ async fn three_workers_run_thirty_jobs_exactly_once_within_the_limits() {
     let mut jobs = Vec::new();
     for round in 0..5 {
         for u in &users {
-            let job = submit::submit(&h.worker, &task, 1 + (round % 2), Some(*u))
+            let job = submit::submit(&h.app, &task, 1 + (round % 2), Some(*u))
                 .await
                 .unwrap();
             jobs.push(job);
@@ -207,7 +207,7 @@ async fn three_workers_run_thirty_jobs_exactly_once_within_the_limits() {
 async fn a_killed_workers_job_is_rescued_by_another_and_completes() {
     let h = harness(&[]).await;
     let dir = tempfile::tempdir().unwrap();
-    let job = submit::submit(&h.worker, &sleepy_task(dir.path(), 6), 2, None)
+    let job = submit::submit(&h.app, &sleepy_task(dir.path(), 6), 2, None)
         .await
         .unwrap();
     let mut a = spawn_worker(&h, "a", &[]);
@@ -271,7 +271,7 @@ async fn a_killed_workers_job_is_rescued_by_another_and_completes() {
 async fn sigterm_releases_unfinished_jobs_which_complete_later() {
     let h = harness(&[]).await;
     let dir = tempfile::tempdir().unwrap();
-    let slow = submit::submit(&h.worker, &sleepy_task(dir.path(), 60), 2, None)
+    let slow = submit::submit(&h.app, &sleepy_task(dir.path(), 60), 2, None)
         .await
         .unwrap();
     let mut w = spawn_worker(&h, "graceful", &[("WORKER_SHUTDOWN_GRACE_SECS", "2")]);
@@ -310,7 +310,7 @@ async fn sigterm_releases_unfinished_jobs_which_complete_later() {
     // Point the job at a quick version of the task so the next worker finishes it fast.
     let quick = terminal_bench_worker::task::zip_dir(&sleepy_task(dir.path(), 1)).unwrap();
     let url = h
-        .worker
+        .app
         .store
         .put("tasks/quick.zip", quick.into(), "application/zip")
         .await
@@ -331,7 +331,7 @@ async fn sigterm_releases_unfinished_jobs_which_complete_later() {
 async fn cancellation_reaches_a_worker_process_at_once() {
     let h = harness(&[]).await;
     let dir = tempfile::tempdir().unwrap();
-    let job = submit::submit(&h.worker, &sleepy_task(dir.path(), 120), 2, None)
+    let job = submit::submit(&h.app, &sleepy_task(dir.path(), 120), 2, None)
         .await
         .unwrap();
     let w = spawn_worker(&h, "cancel", &[]);
@@ -398,7 +398,7 @@ async fn a_new_job_starts_well_before_the_poll_interval() {
     // Let the first poll pass so the next one is ~5 s away.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let submitted = tokio::time::Instant::now();
-    let job = submit::submit(&h.worker, &example("hello-world"), 1, None)
+    let job = submit::submit(&h.app, &example("hello-world"), 1, None)
         .await
         .unwrap();
     wait_until(Duration::from_secs(10), "the job to start", || async {
@@ -420,7 +420,7 @@ async fn a_new_job_starts_well_before_the_poll_interval() {
 async fn a_second_signal_exits_at_once_and_still_releases_the_job() {
     let h = harness(&[]).await;
     let dir = tempfile::tempdir().unwrap();
-    let job = submit::submit(&h.worker, &sleepy_task(dir.path(), 60), 1, None)
+    let job = submit::submit(&h.app, &sleepy_task(dir.path(), 60), 1, None)
         .await
         .unwrap();
     let mut w = spawn_worker(&h, "impatient", &[("WORKER_SHUTDOWN_GRACE_SECS", "60")]);

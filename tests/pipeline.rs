@@ -46,7 +46,7 @@ async fn three_users_four_jobs_each_respect_the_limits_and_all_end() {
     let mut jobs = Vec::new();
     for round in 0..4 {
         for u in &users {
-            let job = submit::submit(&h.worker, &task, 1, Some(*u)).await.unwrap();
+            let job = submit::submit(&h.app, &task, 1, Some(*u)).await.unwrap();
             jobs.push((round, *u, job.id));
         }
     }

@@ -99,7 +99,7 @@ fn attr(span: &Span, key: &str) -> Option<String> {
 async fn each_attempt_is_a_trace_with_its_phases_and_no_secrets() {
     let h = harness(&[]).await;
     let (url, received) = receiver().await;
-    let job = submit::submit(&h.worker, &example("hello-world"), 2, None)
+    let job = submit::submit(&h.app, &example("hello-world"), 2, None)
         .await
         .unwrap();
 

@@ -33,6 +33,31 @@ impl AttemptStatus {
     }
 }
 
+/// The platform's `metadata.errorType` values: why a failed attempt failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ErrorType {
+    /// The model's API refused for rate limits.
+    RateLimitError,
+    /// The attempt (or its agent) ran out of time.
+    TimeoutError,
+    /// The job was cancelled.
+    CancellationError,
+    /// Anything else that went wrong running the attempt.
+    ExecutionError,
+}
+
+impl ErrorType {
+    /// The platform's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorType::RateLimitError => "RateLimitError",
+            ErrorType::TimeoutError => "TimeoutError",
+            ErrorType::CancellationError => "CancellationError",
+            ErrorType::ExecutionError => "ExecutionError",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
 #[sea_orm(table_name = "attempts")]
 pub struct Model {

@@ -3,7 +3,8 @@
 
 use serde_json::json;
 
-use super::{AttemptOutcome, EpisodeRecord, ErrorType, humanize, outcome::truncate_chars};
+use super::{AttemptOutcome, EpisodeRecord, ErrorType, outcome::truncate_chars};
+use crate::fmt::humanize;
 use crate::runtime::Sandbox;
 use crate::task::Task;
 

@@ -22,6 +22,8 @@ use uuid::Uuid;
 
 pub use outcome::{AttemptOutcome, EpisodeRecord, ErrorType, PhaseTiming, TestCase};
 
+use crate::fence::Claim;
+use crate::fmt::humanize;
 use crate::runtime::{PreparedImage, Runtime, Sandbox, SandboxSpec};
 use crate::stop::{Stop, StopReason};
 use crate::store::ArtifactStore;
@@ -56,7 +58,7 @@ pub struct AttemptContext {
     /// The job's stop signal (cancelled by the platform, job deadline, worker shutdown, lease lost).
     pub stop: Stop,
     /// The job's claim, presented with every write (fencing); `None` in the embedded default.
-    pub fence: Option<crate::claims::Claim>,
+    pub fence: Option<Claim>,
 }
 
 /// The deadline of one attempt: `HARBOR_TIMEOUT_MS`, or less when `task.toml` bounds the agent: its agent and verifier
@@ -277,15 +279,4 @@ async fn phases(
         .instrument(tracing::info_span!("verifier"))
         .await;
     out.timing.verifier = Some(started.elapsed());
-}
-
-/// "90 s", "30 min", "1 h 30 min".
-pub fn humanize(d: Duration) -> String {
-    let secs = d.as_secs();
-    match secs {
-        0..120 => format!("{secs} s"),
-        120..7200 if secs.is_multiple_of(60) => format!("{} min", secs / 60),
-        120..7200 => format!("{} min {} s", secs / 60, secs % 60),
-        _ => format!("{} h {} min", secs / 3600, (secs % 3600) / 60),
-    }
 }

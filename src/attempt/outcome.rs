@@ -3,35 +3,17 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use entity::attempt::AttemptStatus;
+use entity::attempt::{self, AttemptStatus};
+use entity::episode;
+use sea_orm::ActiveValue::Set;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-/// The platform's `metadata.errorType` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum ErrorType {
-    /// The model's API refused for rate limits.
-    RateLimitError,
-    /// The attempt (or its agent) ran out of time.
-    TimeoutError,
-    /// The job was cancelled.
-    CancellationError,
-    /// Anything else that went wrong running the attempt.
-    ExecutionError,
-}
+use crate::db::{OutcomeRows, scrub_json, scrub_text};
 
-impl ErrorType {
-    /// The platform's spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorType::RateLimitError => "RateLimitError",
-            ErrorType::TimeoutError => "TimeoutError",
-            ErrorType::CancellationError => "CancellationError",
-            ErrorType::ExecutionError => "ExecutionError",
-        }
-    }
-}
+/// The platform's `metadata.errorType` values; defined with the attempt entity, whose metadata holds them.
+pub use entity::attempt::ErrorType;
 
 /// One entry of `metadata.testCases`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -252,6 +234,47 @@ impl AttemptOutcome {
     }
 }
 
+impl AttemptOutcome {
+    /// The attempt row and its episodes as the platform reads them, scrubbed of what PostgreSQL refuses; a
+    /// cancelled attempt does not count as a completed run.
+    pub fn rows(&self, agent_name: &str) -> OutcomeRows {
+        let attempt = attempt::ActiveModel {
+            id: Set(self.attempt_id),
+            status: Set(self.status),
+            tests_passed: Set(self.tests_passed),
+            tests_total: Set(self.tests_total),
+            started_at: Set(self.started_at.map(|t| t.fixed_offset())),
+            finished_at: Set(Some(
+                self.finished_at.unwrap_or_else(Utc::now).fixed_offset(),
+            )),
+            reward_summary: Set(self.reward_json().map(scrub_json)),
+            log_path: Set(self.log_path.clone()),
+            metadata: Set(Some(scrub_json(self.metadata_json(agent_name)))),
+            ..Default::default()
+        };
+        let episodes = self
+            .episodes
+            .iter()
+            .enumerate()
+            .map(|(index, ep)| episode::ActiveModel {
+                id: Set(Uuid::new_v4()),
+                attempt_id: Set(self.attempt_id),
+                index: Set(i32::try_from(index).unwrap_or(i32::MAX)),
+                state_analysis: Set(scrub_text(&ep.state_analysis)),
+                explanation: Set(scrub_text(&ep.explanation)),
+                commands: Set(Some(scrub_json(ep.commands.clone()))),
+                duration_ms: Set(Some(ep.duration_ms)),
+                metadata: Set(Some(json!({ "agent": agent_name }))),
+            })
+            .collect();
+        OutcomeRows {
+            attempt,
+            episodes,
+            completed_run: !self.is_cancelled(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,8 +322,55 @@ mod tests {
     }
 
     #[test]
+    fn error_types_keep_the_platforms_spelling() {
+        for (kind, name) in [
+            (ErrorType::RateLimitError, "RateLimitError"),
+            (ErrorType::TimeoutError, "TimeoutError"),
+            (ErrorType::CancellationError, "CancellationError"),
+            (ErrorType::ExecutionError, "ExecutionError"),
+        ] {
+            assert_eq!(kind.as_str(), name);
+            assert_eq!(serde_json::to_value(kind).unwrap(), json!(name));
+        }
+    }
+
+    #[test]
     fn truncation_counts_characters() {
         assert_eq!(truncate_chars("héllo", 2), "hé… [truncated]");
         assert_eq!(truncate_chars("hi", 5), "hi");
+    }
+
+    #[test]
+    fn rows_are_scrubbed_and_cancelled_attempts_do_not_count() {
+        let mut o = outcome(1, 1, true);
+        o.episodes.push(EpisodeRecord {
+            state_analysis: "a\0b".into(),
+            explanation: "plan".into(),
+            commands: json!([{ "command": "x", "output": "\0" }]),
+            duration_ms: 5,
+        });
+        o.finalize_status();
+        let rows = o.rows("oracle");
+        assert!(rows.completed_run);
+        assert_eq!(rows.attempt.status, Set(AttemptStatus::Success));
+        assert_eq!(rows.episodes.len(), 1);
+        assert_eq!(
+            rows.episodes[0].state_analysis,
+            Set("a\u{FFFD}b".to_string())
+        );
+        assert_eq!(
+            rows.episodes[0].commands,
+            Set(Some(json!([{ "command": "x", "output": "\u{FFFD}" }])))
+        );
+
+        o.fail(ErrorType::CancellationError, "cancelled");
+        o.finalize_status();
+        let rows = o.rows("oracle");
+        assert!(!rows.completed_run);
+        let metadata = match rows.attempt.metadata {
+            Set(Some(m)) => m,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(metadata["errorType"], "CancellationError");
     }
 }

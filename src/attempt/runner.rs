@@ -97,7 +97,7 @@ impl Service<AttemptId> for AttemptRunner {
                             .await
                             .map_err(fence_error)?
                     }
-                    _ => db::record_outcome(&db, ctx.job_id, &out, ORACLE, fence)
+                    _ => db::record_outcome(&db, ctx.job_id, out.rows(ORACLE), fence)
                         .await
                         .map_err(fence_error)?,
                 }
@@ -113,10 +113,10 @@ impl Service<AttemptId> for AttemptRunner {
 }
 
 /// Keep the two kinds of fenced-write failure distinguishable by type for the job.
-fn fence_error(e: crate::claims::FenceError) -> BoxError {
+fn fence_error(e: crate::fence::FenceError) -> BoxError {
     match e {
-        crate::claims::FenceError::LeaseLost(lost) => Box::new(lost),
-        crate::claims::FenceError::Db(db) => Box::new(db),
+        crate::fence::FenceError::LeaseLost(lost) => Box::new(lost),
+        crate::fence::FenceError::Db(db) => Box::new(db),
     }
 }
 

@@ -3,7 +3,8 @@
 
 use serde_json::{Map, Value};
 
-use super::{AttemptOutcome, ErrorType, TestCase, humanize};
+use super::{AttemptOutcome, ErrorType, TestCase};
+use crate::fmt::humanize;
 use crate::runtime::Sandbox;
 use crate::task::Task;
 

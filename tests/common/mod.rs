@@ -1,4 +1,4 @@
-//! Test harness: a fresh PostgreSQL database and S3 bucket per test, a worker wired to them and to the real Docker
+//! Test harness: a fresh PostgreSQL database and S3 bucket per test, an application context wired to them and to the real Docker
 //! daemon, and helpers to write task folders and wait for jobs.
 #![allow(dead_code)]
 
@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use entity::job;
 use sea_orm::{ConnectionTrait, DatabaseConnection};
+use terminal_bench_worker::app::App;
 use terminal_bench_worker::config::Config;
-use terminal_bench_worker::job::Worker;
 use terminal_bench_worker::runtime::docker::DockerRuntime;
 use terminal_bench_worker::store::{ArtifactStore, S3Store};
 use terminal_bench_worker::{db, poller};
@@ -75,7 +75,7 @@ pub fn s3_vars(bucket: &str) -> Vec<(String, String)> {
 
 /// Everything one test needs.
 pub struct Harness {
-    pub worker: Worker,
+    pub app: App,
     pub db: DatabaseConnection,
     pub s3: S3Store,
     pub bucket: String,
@@ -115,7 +115,7 @@ pub async fn harness_on(test_db: TestDb, extra: &[(&str, &str)]) -> Harness {
     let runtime = DockerRuntime::connect()
         .await
         .expect("Docker must be running (scripts/services.sh starts it)");
-    let worker = Worker {
+    let app = App {
         db: db.clone(),
         store: ArtifactStore::S3(s3.clone()),
         runtime: Arc::new(runtime),
@@ -124,7 +124,7 @@ pub async fn harness_on(test_db: TestDb, extra: &[(&str, &str)]) -> Harness {
         coordination: None,
     };
     Harness {
-        worker,
+        app,
         db,
         s3,
         bucket,
@@ -137,9 +137,9 @@ impl Harness {
     /// Start the daemon loop in the background; stop it with the returned token.
     pub fn start_worker(&self) -> (CancellationToken, tokio::task::JoinHandle<()>) {
         let token = CancellationToken::new();
-        let (w, t) = (self.worker.clone(), token.clone());
+        let (app, t) = (self.app.clone(), token.clone());
         let handle = tokio::spawn(async move {
-            poller::run(w, t, Duration::from_secs(5))
+            poller::run(app, t, Duration::from_secs(5))
                 .await
                 .expect("worker loop");
         });
@@ -224,7 +224,7 @@ impl Harness {
             chrono::Utc::now().timestamp_millis()
         );
         let url = self
-            .worker
+            .app
             .store
             .put(&key, bytes.into(), "application/zip")
             .await
