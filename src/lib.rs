@@ -23,6 +23,7 @@ pub mod db;
 pub mod job;
 pub mod layers;
 pub mod listener;
+pub mod paths;
 pub mod pipeline;
 pub mod poller;
 pub mod runtime;
