@@ -16,6 +16,7 @@ use uuid::Uuid;
 use terminal_bench_worker::config::Config;
 use terminal_bench_worker::job::Worker;
 use terminal_bench_worker::setup::{self, Mode};
+use terminal_bench_worker::runtime::NoRuntime;
 use terminal_bench_worker::{db, poller, submit, telemetry};
 
 #[derive(Parser)]
@@ -203,7 +204,17 @@ async fn run(config: Config, path: PathBuf, runs: i32) -> eyre::Result<i32> {
             config.max_runs_per_job
         );
     }
-    let worker = setup::worker(&config, Mode::Embedded).await?;
+    let worker = match setup::worker(&config, Mode::Run).await {
+        Ok(worker) => worker,
+        // Nothing to run tasks in: a problem of this machine's set-up, like a configuration error.
+        Err(e) => match e.downcast_ref::<NoRuntime>() {
+            Some(missing) => {
+                eprintln!("error: {missing}");
+                return Ok(2);
+            }
+            None => return Err(e),
+        },
+    };
     for (what, detail) in setup::describe(&config, &worker) {
         println!("{what:>10}: {detail}");
     }

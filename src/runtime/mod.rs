@@ -1,5 +1,5 @@
 //! Where an attempt's commands run: a Docker container ([`docker`]) or, for the embedded default on a machine with
-//! no Docker daemon, a local sandbox ([`local`]).
+//! no Docker daemon, a bubblewrap sandbox ([`bwrap`]). With neither, [`unavailable`] says so and runs nothing.
 //!
 //! Both speak the same two traits. A [`Runtime`] prepares a task's environment once per job (for Docker: builds or
 //! finds the image) and starts one [`Sandbox`] per attempt. A sandbox knows the fixed paths of the Harbor task
@@ -7,8 +7,9 @@
 //! what the attempt phases need: copy a folder in, run a shell script with a deadline, read a file, copy a folder out,
 //! stop every process, remove itself.
 
+pub mod bwrap;
 pub mod docker;
-pub mod local;
+pub mod unavailable;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -17,6 +18,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use uuid::Uuid;
+
+pub use unavailable::NoRuntime;
 
 /// How much of a command's stdout and stderr is kept in memory (the rest goes to files inside the sandbox).
 pub const OUTPUT_PREVIEW_BYTES: usize = 16 * 1024;
@@ -58,6 +61,9 @@ pub enum RuntimeError {
         #[source]
         source: tokio::task::JoinError,
     },
+    /// Neither a Docker daemon nor bubblewrap is available to run anything.
+    #[error(transparent)]
+    Unavailable(#[from] NoRuntime),
     /// Talking to the runtime failed, for a reason said in words (there is no underlying error).
     #[error("{0}")]
     Backend(String),
