@@ -26,6 +26,7 @@ pub mod listener;
 pub mod paths;
 pub mod pipeline;
 pub mod poller;
+pub mod report;
 pub mod runtime;
 pub mod setup;
 pub mod stop;
