@@ -13,7 +13,7 @@
 //! | the working folder (`/app`)   | `work/`               |
 //! | `/tmp` (also `$HOME`)         | `tmp/`                |
 //!
-//! Every command runs in its own bubblewrap sandbox ([`command`]) that sees `/usr` and `/etc` read-only, the
+//! Every command runs in its own bubblewrap sandbox (`command.rs`) that sees `/usr` and `/etc` read-only, the
 //! top-level links or folders `/bin`, `/sbin`, `/lib*` as this host has them, fresh `/proc` and `/dev`, and the
 //! folders of the table above bound read-write. Nothing else of the host is visible (no `/root`, `/home`, `/var`,
 //! Docker socket, or the worker's files), and the environment holds only `HOME=/tmp`, `PATH` and the task's
@@ -21,10 +21,10 @@
 //! namespace, so processes it leaves in the background end with it: a later command cannot reach a server an
 //! earlier one started (an agent that keeps a tmux session between commands needs Docker).
 //!
-//! Only `/logs`, `/tests`, `/solution` and the working folder can be copied in, read or copied out ([`layout`]); any
+//! Only `/logs`, `/tests`, `/solution` and the working folder can be copied in, read or copied out (`layout.rs`); any
 //! other absolute path is refused rather than mapped somewhere, because the attempt phases need no other. Links are
-//! never followed out of the scratch folder by the worker ([`files`]). Commands run in their own process groups,
-//! killed when their deadline passes or their future is dropped ([`process`]).
+//! never followed out of the scratch folder by the worker (`files.rs`). Commands run in their own process groups,
+//! killed when their deadline passes or their future is dropped (`process.rs`).
 
 mod command;
 mod files;

@@ -2,13 +2,13 @@
 //! `environment/` folder), one container per attempt.
 //!
 //! Containers get nothing of the host: no mounts, no Docker socket. Files go in and out as tar streams through the
-//! Docker API ([`transfer`]), so the worker also works against a remote daemon. Every container carries the labels
+//! Docker API (`transfer.rs`), so the worker also works against a remote daemon. Every container carries the labels
 //! [`LABEL_MANAGED`], [`LABEL_JOB`] and [`LABEL_ATTEMPT`], so leftovers can always be found and removed
 //! ([`Runtime::remove_leftovers`]).
 //!
-//! One concern per file: [`image`] builds or finds the task's image, [`container`] creates and starts the attempt's
-//! container and is its [`Sandbox`], [`exec`] runs commands in it, [`transfer`] copies files in and out, and
-//! [`labels`] finds containers by their labels for the sweeps.
+//! One concern per file: `image.rs` builds or finds the task's image, `container.rs` creates and starts the attempt's
+//! container and is its [`Sandbox`], `exec.rs` runs commands in it, `transfer.rs` copies files in and out, and
+//! `labels.rs` finds containers by their labels for the sweeps.
 
 mod container;
 mod exec;
