@@ -15,8 +15,9 @@ use uuid::Uuid;
 
 use terminal_bench_worker::app::App;
 use terminal_bench_worker::config::Config;
+use terminal_bench_worker::runtime::NoRuntime;
 use terminal_bench_worker::setup::{self, Mode};
-use terminal_bench_worker::{db, poller, submit, telemetry};
+use terminal_bench_worker::{db, poller, report, submit, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -203,7 +204,17 @@ async fn run(config: Config, path: PathBuf, runs: i32) -> eyre::Result<i32> {
             config.max_runs_per_job
         );
     }
-    let app = setup::app(&config, Mode::Embedded).await?;
+    let app = match setup::app(&config, Mode::Run).await {
+        Ok(app) => app,
+        // Nothing to run tasks in: a problem of this machine's set-up, like a configuration error.
+        Err(e) => match e.downcast_ref::<NoRuntime>() {
+            Some(missing) => {
+                eprintln!("error: {missing}");
+                return Ok(2);
+            }
+            None => return Err(e),
+        },
+    };
     for (what, detail) in setup::describe(&config, &app) {
         println!("{what:>10}: {detail}");
     }
@@ -270,114 +281,22 @@ async fn run(config: Config, path: PathBuf, runs: i32) -> eyre::Result<i32> {
     })
 }
 
-async fn print_jobs(worker: &App) -> eyre::Result<()> {
+async fn print_jobs(app: &App) -> eyre::Result<()> {
     use sea_orm::{EntityTrait, QueryOrder, QuerySelect};
     let jobs = entity::job::Entity::find()
         .order_by_desc(entity::job::Column::CreatedAt)
         .limit(20)
-        .all(&worker.db)
+        .all(&app.db)
         .await?;
-    if jobs.is_empty() {
-        println!("no jobs");
-        return Ok(());
-    }
-    println!(
-        "{:<36}  {:<10}  {:>9}  {:<20}  task",
-        "job", "status", "runs", "created"
-    );
-    for j in jobs {
-        println!(
-            "{:<36}  {:<10}  {:>9}  {:<20}  {}",
-            j.id,
-            j.status.as_str(),
-            format!("{}/{}", j.runs_completed, j.runs_requested),
-            j.created_at.format("%Y-%m-%d %H:%M:%S"),
-            j.task_name
-        );
-    }
+    print!("{}", report::jobs_table(&jobs));
     Ok(())
 }
 
-async fn print_job(worker: &App, id: Uuid) -> eyre::Result<()> {
-    let Some(job) = db::find_job(&worker.db, id).await? else {
+async fn print_job(app: &App, id: Uuid) -> eyre::Result<()> {
+    let Some(job) = db::find_job(&app.db, id).await? else {
         bail!("no job {id}")
     };
-    let attempts = db::attempts_of(&worker.db, id).await?;
-    println!();
-    println!(
-        "job {} — {} — {}",
-        job.id,
-        job.task_name,
-        job.status.as_str()
-    );
-    if let Some(message) = &job.error_message {
-        println!("  {message}");
-    }
-    if !attempts.is_empty() {
-        println!();
-        println!(
-            "{:>7}  {:<8}  {:>6}  {:<18}  {:>9}  note",
-            "attempt", "status", "tests", "reward", "duration"
-        );
-        for a in &attempts {
-            let reward = a
-                .reward_summary
-                .as_ref()
-                .map(compact_reward)
-                .unwrap_or_else(|| "-".into());
-            let duration = match (a.started_at, a.finished_at) {
-                (Some(s), Some(f)) => {
-                    format!("{:.1} s", (f - s).num_milliseconds() as f64 / 1000.0)
-                }
-                _ => "-".into(),
-            };
-            let note = a
-                .metadata
-                .as_ref()
-                .and_then(|m| m.get("error"))
-                .and_then(|e| e.as_str())
-                .map(|s| s.chars().take(70).collect::<String>())
-                .unwrap_or_default();
-            println!(
-                "{:>7}  {:<8}  {:>6}  {:<18}  {:>9}  {}",
-                a.index,
-                a.status.as_str(),
-                format!("{}/{}", a.tests_passed, a.tests_total),
-                reward,
-                duration,
-                note
-            );
-        }
-        let passed = attempts
-            .iter()
-            .filter(|a| a.status == AttemptStatus::Success)
-            .count();
-        println!();
-        println!(
-            "{passed} of {} attempts succeeded; runs completed: {}",
-            attempts.len(),
-            job.runs_completed
-        );
-        if let Some(path) = attempts.iter().find_map(|a| a.log_path.as_deref()) {
-            let root = path
-                .trim_end_matches('/')
-                .rsplit_once('/')
-                .map(|(r, _)| r)
-                .unwrap_or(path);
-            println!("artifacts: {root}/");
-        }
-    }
+    let attempts = db::attempts_of(&app.db, id).await?;
+    print!("{}", report::job_report(&job, &attempts));
     Ok(())
-}
-
-fn compact_reward(value: &serde_json::Value) -> String {
-    match value.as_object() {
-        Some(map) if map.len() == 1 && map.contains_key("reward") => map["reward"].to_string(),
-        Some(map) => map
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(","),
-        None => value.to_string(),
-    }
 }

@@ -1,5 +1,5 @@
 //! Assemble an [`App`] from the configuration: the real services for the daemon, or the embedded default
-//! (SQLite, a local artifact folder, Docker or a local sandbox) for `run` on a machine with nothing configured.
+//! (SQLite, a local artifact folder, Docker or a bubblewrap sandbox) for `run` on a machine with nothing configured.
 
 use std::sync::Arc;
 
@@ -7,9 +7,10 @@ use eyre::{WrapErr, eyre};
 
 use crate::app::{App, Coordination};
 use crate::config::Config;
-use crate::runtime::Runtime;
+use crate::runtime::bwrap::BwrapRuntime;
 use crate::runtime::docker::DockerRuntime;
-use crate::runtime::local::LocalRuntime;
+use crate::runtime::unavailable::Unavailable;
+use crate::runtime::{NoRuntime, Runtime};
 use crate::store::{ArtifactStore, LocalStore, S3Store};
 
 /// What the application is assembled for.
@@ -19,6 +20,9 @@ pub enum Mode {
     Daemon,
     /// CLI commands: configured services when present, the embedded default otherwise.
     Embedded,
+    /// `run`: like [`Mode::Embedded`], but it runs tasks, so without Docker or bubblewrap it stops with
+    /// [`NoRuntime`].
+    Run,
 }
 
 /// Where each part of an assembled application comes from, for the `run` output.
@@ -84,7 +88,20 @@ pub async fn app(config: &Config, mode: Mode) -> eyre::Result<App> {
                 "the worker needs Docker to run tasks, and {e} (start dockerd or set DOCKER_HOST)"
             ));
         }
-        Err(_) => Arc::new(LocalRuntime::detect()),
+        // Task scripts are untrusted: without Docker they run in bubblewrap or not at all.
+        Err(docker) => match BwrapRuntime::detect() {
+            Ok(bwrap) => Arc::new(bwrap),
+            Err(bubblewrap) => {
+                let missing = NoRuntime {
+                    docker: docker.to_string(),
+                    bubblewrap,
+                };
+                if mode == Mode::Run {
+                    return Err(missing.into());
+                }
+                Arc::new(Unavailable(missing))
+            }
+        },
     };
     // Claims, leases and rescue live in PostgreSQL and belong to the daemon; the embedded default is one process
     // and the other commands run no jobs through the pipeline.

@@ -202,7 +202,7 @@ async fn submit_status_and_cancel_work_through_the_database() {
 }
 
 #[test]
-fn run_without_docker_says_so_and_uses_a_local_sandbox() {
+fn run_without_docker_says_so_and_uses_bubblewrap() {
     let dir = tempfile::tempdir().unwrap();
     let out = bin()
         .current_dir(dir.path())
@@ -226,8 +226,7 @@ fn run_without_docker_says_so_and_uses_a_local_sandbox() {
         .find(|l| l.trim_start().starts_with("runtime:"))
         .unwrap();
     assert!(
-        runtime_line.contains("no Docker daemon reachable")
-            || runtime_line.contains("WITHOUT isolation"),
+        runtime_line.contains("local sandbox (bubblewrap): no Docker daemon reachable"),
         "{runtime_line}"
     );
     assert!(
@@ -236,4 +235,43 @@ fn run_without_docker_says_so_and_uses_a_local_sandbox() {
             .any(|l| l.contains("success") && l.contains("2/2")),
         "{stdout}"
     );
+}
+
+/// Task scripts never run as plain host processes: with neither Docker nor bubblewrap, `run` refuses up front.
+#[test]
+fn run_with_neither_docker_nor_bubblewrap_refuses_and_says_how_to_get_one() {
+    let dir = tempfile::tempdir().unwrap();
+    // A PATH without bwrap (the refusal comes before anything else would need a program).
+    let empty_path = dir.path().join("bin");
+    std::fs::create_dir(&empty_path).unwrap();
+    let out = bin()
+        .current_dir(dir.path())
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .env("PATH", &empty_path)
+        .args([
+            "run",
+            example("hello-world").to_str().unwrap(),
+            "--runs",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stderr}");
+    assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].starts_with("error: Neither a Docker daemon nor bubblewrap (bwrap) is available"),
+        "{stderr}"
+    );
+    for hint in [
+        "bubblewrap (bwrap) is not on PATH",
+        "apt-get install bubblewrap",
+        "scripts/quickstart.sh",
+    ] {
+        assert!(lines[0].contains(hint), "{hint}: {stderr}");
+    }
+    assert!(!stdout.contains("job:"), "no job may be queued: {stdout}");
 }

@@ -1,5 +1,5 @@
 //! Where an attempt's commands run: a Docker container ([`docker`]) or, for the embedded default on a machine with
-//! no Docker daemon, a local sandbox ([`local`]).
+//! no Docker daemon, a bubblewrap sandbox ([`bwrap`]). With neither, [`unavailable`] says so and runs nothing.
 //!
 //! Both speak the same two traits. A [`Runtime`] prepares a task's environment once per job (for Docker: builds or
 //! finds the image) and starts one [`Sandbox`] per attempt. A sandbox knows the fixed paths of the Harbor task
@@ -7,34 +7,84 @@
 //! what the attempt phases need: copy a folder in, run a shell script with a deadline, read a file, copy a folder out,
 //! stop every process, remove itself.
 
+pub mod bwrap;
 pub mod docker;
-pub mod local;
+pub mod unavailable;
 
 use std::collections::BTreeMap;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use uuid::Uuid;
 
+pub use unavailable::NoRuntime;
+
 /// How much of a command's stdout and stderr is kept in memory (the rest goes to files inside the sandbox).
 pub const OUTPUT_PREVIEW_BYTES: usize = 16 * 1024;
 
-/// Errors from a runtime. The message is meant for the job's `error_message`, so it says what happened in words.
+/// Errors from a runtime. The message is meant for the job's `error_message`, so it says what happened in words;
+/// the underlying error, when there is one, is also the [`source`](std::error::Error::source).
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    /// The task's environment image could not be built.
+    /// The task's environment image could not be built; the last lines of the build's output.
     #[error("the task's environment failed to build: {0}")]
     Build(String),
     /// Building the environment took longer than `[environment] build_timeout_sec`.
     #[error("building the task's environment took longer than {0:?}")]
     BuildTimeout(Duration),
-    /// The sandbox (container) could not be created or started.
+    /// The sandbox could not be created or started, for a reason said in words.
     #[error("could not start the task's container: {0}")]
     Start(String),
-    /// Talking to the runtime failed (Docker API error, I/O error, ...).
+    /// Docker refused to create or start the attempt's container.
+    #[error("could not start the task's container: {0}")]
+    Container(#[source] bollard::errors::Error),
+    /// A request to the Docker daemon failed.
+    #[error("Docker: {0}")]
+    Docker(#[from] bollard::errors::Error),
+    /// A file or process operation failed; `context` says which.
+    #[error("{context}: {source}")]
+    Io {
+        /// What the runtime was doing, e.g. "could not copy tests to /tests".
+        context: String,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// Work handed to a blocking thread panicked or was cancelled.
+    #[error("{context} did not finish: {source}")]
+    Crashed {
+        /// What the work was.
+        context: &'static str,
+        /// Why it did not finish.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// Neither a Docker daemon nor bubblewrap is available to run anything.
+    #[error(transparent)]
+    Unavailable(#[from] NoRuntime),
+    /// Talking to the runtime failed, for a reason said in words (there is no underlying error).
     #[error("{0}")]
     Backend(String),
+}
+
+impl RuntimeError {
+    /// Wraps an I/O error with what the runtime was doing, for `map_err`.
+    pub fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> RuntimeError {
+        let context = context.into();
+        move |source| RuntimeError::Io { context, source }
+    }
+}
+
+/// Runs blocking file or process work off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    context: &'static str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, RuntimeError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|source| RuntimeError::Crashed { context, source })
 }
 
 /// Resource limits and identity of one sandbox.

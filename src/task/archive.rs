@@ -6,6 +6,7 @@
 //! like the rest of the worker (file modes and symbolic links are recreated as they were).
 
 use std::collections::HashSet;
+use std::ffi::OsStr;
 use std::fs::{self, File, Permissions};
 use std::io::{self, Cursor, Read};
 use std::os::unix::fs::{PermissionsExt, symlink};
@@ -16,14 +17,14 @@ use zip::result::ZipError;
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, DateTime, ZIP64_BYTES_THR, ZipArchive, ZipWriter};
 
+use crate::paths::{MACOS_METADATA_DIR, has_drive_prefix, link_stays_inside};
+
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
 /// Longer link targets are refused: no real task needs them, and they are read into memory.
 const MAX_LINK_TARGET_BYTES: u64 = 4096;
 const DEFAULT_FILE_MODE: u32 = 0o644;
 const DEFAULT_DIR_MODE: u32 = 0o755;
-/// Finder adds resource forks under this folder when zipping on macOS; they are never part of a task.
-const MACOS_METADATA_DIR: &str = "__MACOSX";
 
 /// Bounds on what [`extract_zip`] accepts, so one upload cannot fill the worker's disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -329,7 +330,9 @@ fn check_links(
             });
         }
         if let Kind::Symlink { target } = &entry.kind
-            && !link_stays_inside(&entry.path, target, &links)
+            && !link_stays_inside(&entry.path, OsStr::new(target), |folder| {
+                links.contains(folder)
+            })
         {
             return Err(ArchiveError::EscapingLink {
                 name: raw_name(entry.index),
@@ -351,42 +354,11 @@ fn relative_components(name: &str) -> Option<Vec<&str>> {
         match part {
             "" | "." => {}
             ".." => return None,
-            _ if parts.is_empty() && has_drive_prefix(part) => return None,
+            _ if parts.is_empty() && has_drive_prefix(part.as_bytes()) => return None,
             _ => parts.push(part),
         }
     }
     Some(parts)
-}
-
-fn has_drive_prefix(part: &str) -> bool {
-    matches!(part.as_bytes(), [letter, b':', ..] if letter.is_ascii_alphabetic())
-}
-
-/// Resolves `target` lexically from the link's folder and tells whether it stays inside.
-///
-/// A `..` right after a component that is itself a link of the archive is refused: the system
-/// would go to the parent of the link's target, not back where the lexical walk came from.
-fn link_stays_inside(link: &Path, target: &str, links: &HashSet<&Path>) -> bool {
-    if target.is_empty()
-        || target.contains('\0')
-        || target.starts_with(['/', '\\'])
-        || has_drive_prefix(target)
-    {
-        return false;
-    }
-    let mut current = link.parent().map(Path::to_path_buf).unwrap_or_default();
-    for part in target.split(['/', '\\']) {
-        match part {
-            "" | "." => {}
-            ".." => {
-                if links.contains(current.as_path()) || !current.pop() {
-                    return false;
-                }
-            }
-            _ => current.push(part),
-        }
-    }
-    true
 }
 
 /// Zips the folder `dir`, for submitting a task folder.
