@@ -37,8 +37,11 @@ command -v cargo >/dev/null 2>&1 || die "cargo not found; install Rust first (ru
 if docker_usable; then
     step "Runtime: Docker daemon is reachable"
     if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
-        step "Runtime: $BASE_IMAGE is not present; Docker pulls it for the task's build" \
-            "(where images cannot be pulled, scripts/services.sh builds it offline)"
+        step "Runtime: $BASE_IMAGE is not present; pulling it"
+        if ! timeout 120 docker pull "$BASE_IMAGE"; then
+            step "Runtime: the pull failed (no registry reachable?); building $BASE_IMAGE offline instead"
+            bash scripts/base-image.sh
+        fi
     fi
 elif bwrap_usable; then
     step "Runtime: no Docker daemon; bubblewrap works here, so tasks run in its sandbox"

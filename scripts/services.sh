@@ -17,7 +17,6 @@ S3_SECRET_KEY=tbw-test-secret
 S3_DATA_DIR=/var/tmp/tbw-s3
 S3_LOG=/var/tmp/tbw-s3.log
 S3S_VERSION=0.14.1
-BASE_IMAGE=debian:bookworm-slim
 ENV_FILE=/var/tmp/tbw-services.env
 
 export PATH="$PATH:${HOME:-/root}/.cargo/bin:/usr/sbin:/sbin"
@@ -38,35 +37,6 @@ apt_install() {
         apt_updated=1
     fi
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y "$@"
-}
-
-# The Debian mirror this machine's apt already uses, so no package host is written into the repository.
-# Reads one-line `deb URL SUITE ...` entries and deb822 `.sources` files; $1 picks the archive:
-# `main` (the release itself) or `security` (a `*-security` suite). Prints nothing when none is configured.
-apt_mirror() { # main|security
-    local want=$1 f
-    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
-        [ -f "$f" ] || continue
-        awk -v want="$want" '
-            function pick(uris, suites,   n, i, j, m, s, u) {
-                n = split(suites, s, /[ \t]+/)
-                for (i = 1; i <= n; i++) {
-                    if (s[i] == "" || (want == "security") != (s[i] ~ /-security$/)) continue
-                    m = split(uris, u, /[ \t]+/)
-                    for (j = 1; j <= m; j++) if (u[j] ~ /^https?:\/\//) { print u[j]; return }
-                }
-            }
-            function flush() { if (enabled && uris != "" && suites != "") pick(uris, suites); uris = ""; suites = ""; enabled = 1 }
-            BEGIN { enabled = 1 }
-            /^[ \t]*#/ { next }
-            /^deb[ \t]/ { line = $0; sub(/\[[^]]*\]/, "", line); split(line, f, /[ \t]+/); pick(f[2], f[3]); next }
-            /^URIs:/ { uris = $0; sub(/^URIs:[ \t]*/, "", uris) }
-            /^Suites:/ { suites = $0; sub(/^Suites:[ \t]*/, "", suites) }
-            /^Enabled:[ \t]*[Nn]o/ { enabled = 0 }
-            /^[ \t]*$/ { flush() }
-            END { flush() }
-        ' "$f"
-    done | head -n 1
 }
 
 port_open() { # host port
@@ -128,36 +98,7 @@ else
 fi
 
 # --------------------------------------------------------------------------- base image
-if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
-    step "Base image: $BASE_IMAGE present"
-else
-    step "Base image: building $BASE_IMAGE offline with debootstrap (about a minute)"
-    DEBIAN_MIRROR=$(apt_mirror main)
-    DEBIAN_SECURITY=$(apt_mirror security)
-    [ -n "$DEBIAN_MIRROR" ] || die "no Debian mirror in /etc/apt/sources.list or /etc/apt/sources.list.d/; debootstrap needs one"
-    step "Base image: using this machine's Debian mirror $DEBIAN_MIRROR"
-    started=$(date +%s)
-    rootfs=$(mktemp -d /var/tmp/tbw-rootfs.XXXXXX)
-    trap 'as_root rm -rf "$rootfs"' EXIT
-    as_root debootstrap --variant=minbase bookworm "$rootfs" "$DEBIAN_MIRROR" >/var/tmp/tbw-debootstrap.log 2>&1 \
-        || die "debootstrap failed; see /var/tmp/tbw-debootstrap.log"
-    # Host CA bundle, so HTTPS (pip, curl) works inside task containers.
-    as_root mkdir -p "$rootfs/etc/ssl/certs"
-    as_root cp /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/ca-certificates.crt"
-    {
-        echo "deb $DEBIAN_MIRROR bookworm main"
-        echo "deb $DEBIAN_MIRROR bookworm-updates main"
-        if [ -n "$DEBIAN_SECURITY" ]; then echo "deb $DEBIAN_SECURITY bookworm-security main"; fi
-    } | as_root tee "$rootfs/etc/apt/sources.list" >/dev/null
-    as_root rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin \
-        "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/cache/apt/archives/partial/* \
-        "$rootfs"/var/log/*.log "$rootfs"/var/log/apt/* "$rootfs"/tmp/* "$rootfs"/var/tmp/*
-    as_root mkdir -p "$rootfs/var/lib/apt/lists/partial"
-    as_root tar -C "$rootfs" -c . | docker import --change 'CMD ["bash"]' - "$BASE_IMAGE" >/dev/null
-    as_root rm -rf "$rootfs"
-    trap - EXIT
-    step "Base image: $BASE_IMAGE imported in $(( $(date +%s) - started )) s"
-fi
+bash "$(dirname "${BASH_SOURCE[0]}")/base-image.sh"
 
 # --------------------------------------------------------------------------- S3 (s3s-fs)
 if command -v s3s-fs >/dev/null 2>&1; then
