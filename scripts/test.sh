@@ -18,6 +18,13 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     CARGO_TARGET_DIR=/var/tmp/nextest-target cargo install cargo-nextest --locked
 fi
 
+# Gates first: formatting and lints (the workspace's `[workspace.lints]`, warnings as errors) fail in seconds, before
+# the integration tests spend minutes.
+echo "==> cargo fmt --check"
+cargo fmt --all --check
+echo "==> cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
 # Each integration test makes its own database; drop those left by earlier runs.
 psql -h 127.0.0.1 -U postgres -d postgres -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'tbw\_test\_%'" 2>/dev/null |
     while read -r name; do psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$name\"" >/dev/null 2>&1 || true; done
@@ -26,4 +33,6 @@ cargo nextest run --workspace --no-fail-fast "$@"
 # nextest does not run documentation examples; they are part of the docs' promise.
 if [ "$#" -eq 0 ]; then
     cargo test --doc --workspace
+    echo "==> cargo doc (warnings are errors)"
+    RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 fi

@@ -124,7 +124,8 @@ pub async fn queued_jobs_fairly(
         WHERE q.nth <= $1
         ORDER BY q.nth, GREATEST(COALESCE(t.last_served_at, '-infinity'), q.first_queued), q.owner_key
         LIMIT $2";
-    let values = vec![(per_owner as i64).into(), (limit as i64).into()];
+    let bound = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let values = vec![bound(per_owner).into(), bound(limit).into()];
     job::Entity::find()
         .from_raw_sql(sea_orm::Statement::from_sql_and_values(
             sea_orm::DbBackend::Postgres,

@@ -158,10 +158,10 @@ impl App {
         match db::finish_job(&self.db, job_id, &finish, fence.as_ref()).await {
             Ok(true) => tracing::info!(job = %job_id, finish = ?finish, "job finished"),
             Ok(false) => {
-                tracing::warn!(job = %job_id, "the job was no longer running when it finished; its status is left alone")
+                tracing::warn!(job = %job_id, "the job was no longer running when it finished; its status is left alone");
             }
             Err(FenceError::LeaseLost(e)) => {
-                tracing::warn!(job = %job_id, "{e}; writing nothing more")
+                tracing::warn!(job = %job_id, "{e}; writing nothing more");
             }
             Err(FenceError::Db(e)) => return Err(e),
         }
@@ -313,7 +313,7 @@ async fn watch_job(
             }
             Ok(Some(_)) => {}
             Err(e) => {
-                tracing::warn!(job = %job_id, error = %e, "could not check the job for cancellation")
+                tracing::warn!(job = %job_id, error = %e, "could not check the job for cancellation");
             }
         }
     }
@@ -356,7 +356,10 @@ mod tests {
         let db = sea_orm::DbErr::Custom("connection reset".into());
         let e = JobError::from(sea_orm::DbErr::Custom("connection reset".into()));
         assert_eq!(e.to_string(), format!("database error: {db}"));
-        assert!(e.source().is_some_and(|s| s.is::<sea_orm::DbErr>()));
+        let source = e
+            .source()
+            .expect("the database error is kept as the source");
+        assert!(source.is::<sea_orm::DbErr>());
 
         let e = JobError::Internal("the attempt task crashed: boom".into());
         assert_eq!(
@@ -364,7 +367,7 @@ mod tests {
             "internal error: the attempt task crashed: boom"
         );
         assert_eq!(
-            e.source().map(|s| s.to_string()).as_deref(),
+            e.source().map(ToString::to_string).as_deref(),
             Some("the attempt task crashed: boom")
         );
     }

@@ -188,7 +188,7 @@ mod tests {
             job: job::Model {
                 id: Uuid::new_v4(),
                 task_name: format!("{owner}-{n}"),
-                status: entity::job::JobStatus::Queued,
+                status: job::JobStatus::Queued,
                 runs_requested: 1,
                 runs_completed: 0,
                 zip_object_url: None,

@@ -282,7 +282,7 @@ async fn heartbeat(app: App, stop: CancellationToken) {
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "heartbeat failed; claims expire if this lasts longer than the lease")
+                tracing::warn!(error = %e, "heartbeat failed; claims expire if this lasts longer than the lease");
             }
         }
     }
@@ -360,10 +360,10 @@ async fn sweep_gone_workers(app: &App, stale: Duration) {
     for (id, owner) in owners.iter().filter(|(_, w)| gone.contains(w)) {
         match app.runtime.remove_sandbox(id).await {
             Ok(()) => {
-                tracing::info!(container = %id, worker = %owner, "removed an environment whose worker is gone")
+                tracing::info!(container = %id, worker = %owner, "removed an environment whose worker is gone");
             }
             Err(e) => {
-                tracing::warn!(container = %id, error = %e, "could not remove an environment whose worker is gone")
+                tracing::warn!(container = %id, error = %e, "could not remove an environment whose worker is gone");
             }
         }
     }
@@ -384,10 +384,10 @@ async fn sweep_leftovers(app: &App) {
             Ok(Some(job)) if job.status != JobStatus::Running => {
                 match app.runtime.remove_leftovers(Some(job_id)).await {
                     Ok(n) => {
-                        tracing::info!(job = %job_id, removed = n, "removed environments left by an earlier run")
+                        tracing::info!(job = %job_id, removed = n, "removed environments left by an earlier run");
                     }
                     Err(e) => {
-                        tracing::warn!(job = %job_id, error = %e, "could not remove leftover environments")
+                        tracing::warn!(job = %job_id, error = %e, "could not remove leftover environments");
                     }
                 }
             }

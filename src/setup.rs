@@ -27,7 +27,11 @@ pub enum Mode {
 
 /// Where each part of an assembled application comes from, for the `run` output.
 pub fn describe(config: &Config, app: &App) -> Vec<(String, String)> {
-    let database = match config.database_url.as_ref().map(|u| u.expose()) {
+    let database = match config
+        .database_url
+        .as_ref()
+        .map(super::config::Secret::expose)
+    {
         Some(url) if url.starts_with("sqlite:") => "SQLite (DATABASE_URL)".to_string(),
         Some(_) => "PostgreSQL (DATABASE_URL)".to_string(),
         None => format!(

@@ -168,8 +168,10 @@ impl ArtifactStore {
                     .send()
                     .await
                     .map_err(|e| {
-                        let missing = e.as_service_error().is_some_and(|se| se.is_no_such_key())
-                            || e.raw_response().is_some_and(|r| r.status().as_u16() == 404);
+                        let missing =
+                            e.as_service_error().is_some_and(
+                                aws_sdk_s3::operation::get_object::GetObjectError::is_no_such_key,
+                            ) || e.raw_response().is_some_and(|r| r.status().as_u16() == 404);
                         if missing {
                             StoreError::NotFound(url.to_string())
                         } else {

@@ -151,7 +151,7 @@ async fn a_database_restart_loses_nothing() {
         );
         assert_eq!(done.runs_completed, job.runs_requested);
         let attempts = db::attempts_of(&h.db, job.id).await.unwrap();
-        assert_eq!(attempts.len() as i32, job.runs_requested, "no duplicates");
+        assert_eq!(attempts.len(), job.runs_requested as usize, "no duplicates");
         assert!(
             attempts.iter().all(|a| a.status == AttemptStatus::Success),
             "{attempts:?}"

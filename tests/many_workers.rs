@@ -115,7 +115,7 @@ async fn running_attempts(h: &Harness, job: Uuid) -> usize {
 async fn wait_until<F, Fut>(limit: Duration, what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
+    Fut: Future<Output = bool>,
 {
     let deadline = tokio::time::Instant::now() + limit;
     while !check().await {
@@ -187,7 +187,7 @@ async fn three_workers_run_thirty_jobs_exactly_once_within_the_limits() {
         );
         assert_eq!(done.runs_completed, job.runs_requested);
         let attempts = db::attempts_of(&h.db, job.id).await.unwrap();
-        assert_eq!(attempts.len() as i32, job.runs_requested);
+        assert_eq!(attempts.len(), job.runs_requested as usize);
         let indexes: Vec<i32> = attempts.iter().map(|a| a.index).collect();
         assert_eq!(indexes, (0..job.runs_requested).collect::<Vec<_>>());
         assert!(attempts.iter().all(|a| a.status == AttemptStatus::Success));

@@ -10,6 +10,10 @@
 //! Migrator::up(db, None).await?;
 //! # Ok(()) }
 //! ```
+#![allow(
+    elided_lifetimes_in_paths,
+    reason = "MigrationTrait is an async_trait: naming `SchemaManager<'_>` makes the impl's lifetimes differ from the trait's"
+)]
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 

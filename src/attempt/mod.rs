@@ -186,7 +186,7 @@ pub async fn run_attempt(
         match teardown.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                tracing::warn!(sandbox = sb.id(), error = %e, "could not remove the attempt's environment; it will be swept later")
+                tracing::warn!(sandbox = sb.id(), error = %e, "could not remove the attempt's environment; it will be swept later");
             }
             Err(_) => tracing::warn!(
                 sandbox = sb.id(),

@@ -95,7 +95,7 @@ impl Service<AttemptId> for AttemptRunner {
                     Some(Interrupted::Job(StopReason::Shutdown)) => {
                         db::release_attempt(&db, id.id, fence)
                             .await
-                            .map_err(fence_error)?
+                            .map_err(fence_error)?;
                     }
                     _ => db::record_outcome(&db, ctx.job_id, out.rows(ORACLE), fence)
                         .await

@@ -78,7 +78,11 @@ pub async fn claim(
         .await?
         .ok_or_else(|| DbErr::Custom("count query returned nothing".into()))?;
     let (total, mine): (i64, i64) = (counts.try_get("", "total")?, counts.try_get("", "mine")?);
-    let (max_jobs, max_owner) = (limits.max_jobs as i64, limits.max_active_per_owner as i64);
+    // A limit beyond i64 (the type of the counts it is compared with) is no limit at all.
+    let (max_jobs, max_owner) = (
+        i64::try_from(limits.max_jobs).unwrap_or(i64::MAX),
+        i64::try_from(limits.max_active_per_owner).unwrap_or(i64::MAX),
+    );
     if total >= max_jobs {
         return Ok(Err(Refused::AtCapacity {
             running: total,

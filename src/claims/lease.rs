@@ -86,7 +86,7 @@ impl Leases {
     fn lock(&self) -> std::sync::MutexGuard<'_, LeaseMap> {
         self.inner
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// About to claim `job_id`.

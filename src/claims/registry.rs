@@ -20,7 +20,8 @@ pub async fn register_worker(
         vec![
             id.into(),
             hostname.into(),
-            (pid as i32).into(),
+            // Linux caps pids far below i32::MAX (the column's type); a larger one is only ever a label here.
+            i32::try_from(pid).unwrap_or(i32::MAX).into(),
             env!("CARGO_PKG_VERSION").into(),
         ],
     ))

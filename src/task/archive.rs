@@ -310,7 +310,7 @@ fn check_links(
         archive
             .name_for_index(index)
             .and_then(Result::ok)
-            .map(|name| name.into_owned())
+            .map(std::borrow::Cow::into_owned)
             .unwrap_or_default()
     };
     let mut links = HashSet::new();

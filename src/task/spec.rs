@@ -204,7 +204,7 @@ fn invalid(text: &str, error: &toml::de::Error) -> TaskError {
 
 /// Fills `path` with the keys down to the innermost value whose span holds `span`.
 fn key_at(table: &DeTable<'_>, span: &std::ops::Range<usize>, path: &mut Vec<String>) -> bool {
-    for (key, value) in table.iter() {
+    for (key, value) in table {
         path.push(key.get_ref().to_string());
         // A table's own span may not cover its entries (a `[section]` header), so look inside anyway.
         if let DeValue::Table(inner) = value.get_ref()

@@ -68,7 +68,7 @@ pub(super) async fn run(
     let duration = started.elapsed();
 
     let _ = tokio::time::timeout(OUTPUT_GRACE, async {
-        for reader in readers.0.iter_mut() {
+        for reader in &mut readers.0 {
             let _ = reader.await;
         }
     })

@@ -37,7 +37,7 @@ impl Shared {
         // A panic while holding the lock leaves numbers that are still consistent; keep going.
         self.state
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A permit when fewer than `limit` requests are in flight; otherwise `waker` is woken when one leaves.

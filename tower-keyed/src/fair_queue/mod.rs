@@ -256,7 +256,7 @@ mod tests {
                 .downcast_ref::<QueueClosed>()
                 .unwrap_or_else(|| panic!("not QueueClosed: {error}"));
             assert_eq!(
-                closed.source().map(|e| e.to_string()).as_deref(),
+                closed.source().map(ToString::to_string).as_deref(),
                 Some("inner broke")
             );
         }
@@ -266,7 +266,7 @@ mod tests {
             "later callers must be refused too: {error}"
         );
         assert_eq!(
-            error.source().map(|e| e.to_string()).as_deref(),
+            error.source().map(ToString::to_string).as_deref(),
             Some("inner broke")
         );
     }

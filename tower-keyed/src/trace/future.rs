@@ -46,7 +46,7 @@ where
         match &output {
             Ok(_) => tracing::debug!(outcome = "ok", elapsed_ms, "request finished"),
             Err(error) => {
-                tracing::debug!(outcome = "error", elapsed_ms, %error, "request finished")
+                tracing::debug!(outcome = "error", elapsed_ms, %error, "request finished");
             }
         }
         Poll::Ready(output)
