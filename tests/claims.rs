@@ -37,6 +37,18 @@ async fn queue(conn: &DatabaseConnection, owner: Uuid) -> Uuid {
 
 const LEASE: Duration = Duration::from_secs(30);
 
+/// Moves a job's lease into the past, as if its worker had gone silent for longer than the lease: no test waits for a
+/// lease to run out on the clock.
+async fn expire_lease(conn: &DatabaseConnection, job: Uuid) {
+    let expired = conn
+        .execute_unprepared(&format!(
+            "UPDATE tbw_claims SET lease_expires_at = now() - interval '1 second' WHERE job_id = '{job}'"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(expired.rows_affected(), 1, "the job has a claim");
+}
+
 #[tokio::test]
 async fn claims_respect_global_and_per_owner_limits_and_bump_epochs() {
     let (conn, users) = setup().await;
@@ -122,7 +134,7 @@ async fn a_rescued_job_fences_off_its_old_worker() {
         max_active_per_owner: 1,
     };
     let job = queue(&conn, users[0]).await;
-    let stale = claims::claim(&conn, old, job, limits, Duration::from_secs(1))
+    let stale = claims::claim(&conn, old, job, limits, LEASE)
         .await
         .unwrap()
         .unwrap();
@@ -134,7 +146,7 @@ async fn a_rescued_job_fences_off_its_old_worker() {
         .await
         .unwrap();
 
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    expire_lease(&conn, job).await;
     let rescued = claims::rescue_expired(&conn, 3, new).await.unwrap();
     assert_eq!(rescued.len(), 1);
     assert_eq!(
@@ -194,11 +206,11 @@ async fn a_job_lost_too_often_fails_with_a_message() {
     };
     let job = queue(&conn, users[0]).await;
     for round in 1..=2 {
-        claims::claim(&conn, w, job, limits, Duration::from_millis(10))
+        claims::claim(&conn, w, job, limits, LEASE)
             .await
             .unwrap()
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        expire_lease(&conn, job).await;
         let rescued = claims::rescue_expired(&conn, 1, Uuid::new_v4())
             .await
             .unwrap();
@@ -280,11 +292,11 @@ async fn a_worker_does_not_rescue_its_own_claims_and_a_claim_never_revives_a_can
         max_active_per_owner: 1,
     };
     let job = queue(&conn, users[0]).await;
-    claims::claim(&conn, w, job, limits, Duration::from_millis(10))
+    claims::claim(&conn, w, job, limits, LEASE)
         .await
         .unwrap()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    expire_lease(&conn, job).await;
     assert!(
         claims::rescue_expired(&conn, 3, w)
             .await
