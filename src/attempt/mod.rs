@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod outcome;
 pub mod runner;
+pub mod terminus;
 pub mod trial;
 pub mod verifier;
 
