@@ -115,9 +115,15 @@ if port_open "$S3_HOST" "$S3_PORT"; then
 else
     step "S3: starting s3s-fs on $S3_HOST:$S3_PORT (data: $S3_DATA_DIR, log: $S3_LOG)"
     mkdir -p "$S3_DATA_DIR"
-    nohup setsid "$(command -v s3s-fs)" --host "$S3_HOST" --port "$S3_PORT" \
-        --access-key "$S3_ACCESS_KEY" --secret-key "$S3_SECRET_KEY" "$S3_DATA_DIR" \
-        >>"$S3_LOG" 2>&1 </dev/null &
+    # Started from its data folder: s3s-fs resolves some paths against its working folder, and a checkout it was
+    # started from may be deleted while it keeps running (it then answers InternalError to everything).
+    s3s_bin=$(command -v s3s-fs)
+    (
+        cd "$S3_DATA_DIR"
+        nohup setsid "$s3s_bin" --host "$S3_HOST" --port "$S3_PORT" \
+            --access-key "$S3_ACCESS_KEY" --secret-key "$S3_SECRET_KEY" "$S3_DATA_DIR" \
+            >>"$S3_LOG" 2>&1 </dev/null &
+    )
     for _ in $(seq 1 30); do
         port_open "$S3_HOST" "$S3_PORT" && break
         sleep 1
