@@ -121,7 +121,9 @@ impl<'a> TmuxTerminal<'a> {
             match self.probe().await? {
                 None => {
                     return Err(TerminalError::Setup(
-                        "the terminal's shell exited as soon as it started".into(),
+                        "the terminal's session ended as soon as it started (its shell exited at once, or the \
+                         sandbox ends every process a command leaves behind, as the bubblewrap sandbox does)"
+                            .into(),
                     ));
                 }
                 Some(probe)
