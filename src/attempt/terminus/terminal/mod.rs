@@ -21,6 +21,7 @@
 //!
 //! Every exec is bounded: tmux calls by `timeout` inside the container, and each exec by a deadline of its own.
 
+mod install;
 mod keys;
 mod output;
 mod script;
@@ -66,8 +67,6 @@ const IDLE_QUIET: Duration = Duration::from_millis(500);
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 /// Most bytes of one capture read back: the whole history at [`WIDTH`] columns of ASCII fits.
 const MAX_CAPTURE_BYTES: u64 = 8 * 1024 * 1024;
-/// How much of a failed installer's output an error shows.
-const INSTALL_LOG_TAIL_BYTES: usize = 2000;
 
 /// A tmux session in a sandbox (see the module docs). It borrows the sandbox; removing the sandbox ends it.
 pub struct TmuxTerminal<'a> {
@@ -98,7 +97,7 @@ impl<'a> TmuxTerminal<'a> {
         sandbox: &'a dyn Sandbox,
         setup_timeout: Duration,
     ) -> Result<TmuxTerminal<'a>, TerminalError> {
-        install_tmux(sandbox, setup_timeout).await?;
+        install::install_tmux(sandbox, setup_timeout).await?;
         let mut terminal = TmuxTerminal {
             sandbox,
             previous: Vec::new(),
@@ -334,41 +333,6 @@ impl Terminal for TmuxTerminal<'_> {
         }
         Ok(truncate_output(&text, MAX_OUTPUT_BYTES))
     }
-}
-
-/// Installs tmux unless the image has it, within `timeout`.
-async fn install_tmux(sandbox: &dyn Sandbox, timeout: Duration) -> Result<(), TerminalError> {
-    let out = sandbox.exec(&script::install(), Some(timeout)).await?;
-    let reason = match (out.timed_out, out.exit_code) {
-        (false, Some(0)) => return Ok(()),
-        (true, _) => format!("installing tmux took longer than {} s", timeout.as_secs()),
-        (false, Some(script::NO_PACKAGE_MANAGER)) => {
-            return Err(TerminalError::Setup(
-                "tmux is not in the image and there is no apt-get, apk, dnf or yum to install it with".into(),
-            ));
-        }
-        (false, Some(script::STILL_NO_TMUX)) => {
-            "the package manager finished but tmux is still not on the PATH".to_string()
-        }
-        (false, code) => format!(
-            "installing tmux failed (exit status {})",
-            code.map_or_else(|| "unknown".to_string(), |c| c.to_string())
-        ),
-    };
-    let log = sandbox
-        .read_file(&script::install_log(), MAX_CAPTURE_BYTES)
-        .await
-        .ok()
-        .flatten()
-        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-        .unwrap_or_default();
-    let tail = log.trim_end();
-    let tail = &tail[tail.ceil_char_boundary(tail.len().saturating_sub(INSTALL_LOG_TAIL_BYTES))..];
-    Err(TerminalError::Setup(if tail.is_empty() {
-        format!("{reason}; {}", exec_failure(&out))
-    } else {
-        format!("{reason}; the installer's last output:\n{tail}")
-    }))
 }
 
 /// What a failed exec said, for an error message.

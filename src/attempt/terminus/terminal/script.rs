@@ -113,17 +113,19 @@ pub(super) fn send_key(key: &str) -> String {
 }
 
 /// Types the files of `folder` (in name order) as text: each goes through a tmux buffer, and pasting turns every line
-/// feed into Enter. The text never passes through a shell word, so any bytes arrive as they are.
+/// feed into Enter. The text never passes through a shell word, so any bytes arrive as they are. The folder is
+/// removed whatever happens, so text typed into no session does not linger.
 pub(super) fn paste(folder: &str) -> String {
     format!(
         r#"{preamble}d={folder}
+T has-session -t {SESSION} 2>/dev/null || {{ rm -rf "$d" 2>/dev/null; exit {NO_SESSION}; }}
 for f in "$d"/*; do
   T load-buffer -b tbw-keys "$f" && T paste-buffer -d -b tbw-keys -t {SESSION} || {{ rc=$?; rm -rf "$d" 2>/dev/null; exit $rc; }}
 done
 rm -rf "$d" 2>/dev/null
 exit 0
 "#,
-        preamble = preamble(true),
+        preamble = preamble(false),
         folder = shell_quote(folder),
     )
 }
@@ -150,4 +152,35 @@ pub(super) fn capture_screen() -> String {
 /// Only checks that the session is there.
 pub(super) fn has_session() -> String {
     preamble(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every script parses as POSIX `sh` (the image may have no bash).
+    #[test]
+    fn scripts_are_valid_sh() {
+        for script in [
+            install(),
+            start_session(),
+            probe(),
+            send_key("C-c"),
+            send_key("M-'"),
+            paste("/tmp/tbw-terminus/keys-1"),
+            capture(),
+            capture_screen(),
+            has_session(),
+        ] {
+            let out = std::process::Command::new("sh")
+                .args(["-n", "-c", &script])
+                .output()
+                .expect("sh runs");
+            assert!(
+                out.status.success(),
+                "{script}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
 }
