@@ -360,3 +360,38 @@ async fn an_image_without_tmux_or_a_package_manager_is_a_setup_error() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn an_install_that_takes_too_long_is_a_setup_error() {
+    let rt = runtime().await;
+    let image = PreparedImage {
+        reference: "debian:bookworm-slim".into(),
+        workdir: None,
+        built: false,
+    };
+    with_sandbox(
+        &rt,
+        &image,
+        Box::new(|sb| {
+            Box::pin(async move {
+                let started = Instant::now();
+                match TmuxTerminal::start(sb, Duration::from_secs(1)).await {
+                    Err(TerminalError::Setup(message)) => {
+                        assert!(
+                            message.contains("installing tmux took longer than 1s"),
+                            "{message}"
+                        );
+                    }
+                    Err(other) => panic!("expected a setup error, got {other}"),
+                    Ok(_) => panic!("expected a setup error, tmux started"),
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "{:?}",
+                    started.elapsed()
+                );
+            })
+        }),
+    )
+    .await;
+}
