@@ -203,12 +203,17 @@ async fn hostile_and_long_text_arrives_verbatim() {
                     "$HOME \"q\" \\ ; $(id)\n"
                 );
 
-                t.send(
-                    "echo 'héllo 日本 ✓ `uname` %s %% \\n' > /tmp/unicode.txt\n",
-                    WAIT,
-                )
-                .await
-                .expect("send");
+                let out = t
+                    .send(
+                        "echo 'héllo 日本 ✓ `uname` %s %% \\n' > /tmp/unicode.txt\n",
+                        WAIT,
+                    )
+                    .await
+                    .expect("send");
+                assert!(
+                    out.contains("# echo 'héllo 日本 ✓ `uname` %s %% \\n' > /tmp/unicode.txt"),
+                    "Unicode on the screen too: {out:?}"
+                );
                 assert_eq!(
                     text_of(sb, "/tmp/unicode.txt").await,
                     "héllo 日本 ✓ `uname` %s %% \\n\n"
