@@ -14,6 +14,8 @@
 //!
 //! The API key never enters the container: the loop runs on the host and only keystrokes cross into the sandbox.
 
+pub mod terminal;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
