@@ -14,6 +14,10 @@
 //!
 //! The API key never enters the container: the loop runs on the host and only keystrokes cross into the sandbox.
 
+pub mod model;
+
+pub use model::{ChatMessage, ChatReply, ChatRequest, ModelClient, ModelError, ModelLimits};
+
 use std::time::Duration;
 
 use async_trait::async_trait;
