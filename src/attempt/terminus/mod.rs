@@ -15,6 +15,8 @@
 //! The API key never enters the container: the loop runs on the host and only keystrokes cross into the sandbox.
 
 pub mod model;
+pub mod prompt;
+pub mod reply;
 
 pub use model::{ChatMessage, ChatReply, ChatRequest, ModelClient, ModelError, ModelLimits};
 
