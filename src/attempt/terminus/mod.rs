@@ -14,10 +14,14 @@
 //!
 //! The API key never enters the container: the loop runs on the host and only keystrokes cross into the sandbox.
 
+pub mod agent_loop;
+pub mod history;
 pub mod model;
 pub mod prompt;
 pub mod reply;
+pub mod trajectory;
 
+pub use agent_loop::{LoopEnd, TerminusReport, TerminusSettings, run};
 pub use model::{ChatMessage, ChatReply, ChatRequest, ModelClient, ModelError, ModelLimits};
 
 use std::time::Duration;
