@@ -12,7 +12,7 @@ use super::model::{ChatReply, ChatRequest, ModelClient, ModelError};
 use super::reply::{self, Command};
 use super::trajectory::{ToolRun, Trajectory};
 use super::{Terminal, prompt};
-use crate::attempt::{EpisodeRecord, ErrorType};
+use crate::attempt::EpisodeRecord;
 
 /// The history is condensed when its estimated size passes this share of the context window.
 const CONDENSE_AT: f64 = 0.8;
@@ -32,24 +32,6 @@ pub struct TerminusSettings {
     pub max_turns: u32,
     /// The model's context window in tokens; 0 means never condense.
     pub context_limit_tokens: u32,
-}
-
-/// How a run ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LoopEnd {
-    /// The model said the task is complete twice in a row.
-    Completed,
-    /// `max_turns` turns went by.
-    TurnLimit,
-    /// The deadline passed.
-    TimedOut,
-    /// The model API (after retries) or the terminal failed.
-    Failed {
-        /// How the platform classifies it.
-        error_type: ErrorType,
-        /// A sentence for the attempt's `metadata.error`; never holds the API key.
-        message: String,
-    },
 }
 
 /// What a run did.
@@ -377,55 +359,10 @@ impl Loop<'_> {
     }
 }
 
-fn terminal_failed(e: &super::TerminalError) -> LoopEnd {
-    LoopEnd::Failed {
-        error_type: ErrorType::ExecutionError,
-        message: e.to_string(),
-    }
-}
+mod end;
 
-/// A model error that survived the retries, as the attempt's error.
-fn model_failed(e: &ModelError, model: &str) -> LoopEnd {
-    let (error_type, message) = match e {
-        ModelError::RateLimited { message, .. } => (
-            ErrorType::RateLimitError,
-            format!(
-                "the model API kept rate limiting the agent (HTTP 429) after retries: {message}"
-            ),
-        ),
-        ModelError::Timeout => (
-            ErrorType::TimeoutError,
-            "the model API did not answer in time, after retries".to_string(),
-        ),
-        ModelError::Auth { message } => (
-            ErrorType::ExecutionError,
-            format!(
-                "the model API refused the credentials (HTTP 401/403); check OPENAI_API_KEY: {message}"
-            ),
-        ),
-        ModelError::UnknownModel { message } => (
-            ErrorType::ExecutionError,
-            format!("the model `{model}` does not exist at this API: {message}"),
-        ),
-        ModelError::ContextLength { message } => (
-            ErrorType::ExecutionError,
-            format!(
-                "the conversation does not fit the model's context window even after condensing: {message}"
-            ),
-        ),
-        ModelError::Transport(source) => (
-            ErrorType::ExecutionError,
-            format!("could not reach the model API after retries: {source}"),
-        ),
-        other => (
-            ErrorType::ExecutionError,
-            format!("{other} (after retries)"),
-        ),
-    };
-    LoopEnd::Failed {
-        error_type,
-        message,
-    }
-}
+pub use end::LoopEnd;
+use end::{model_failed, terminal_failed};
+
 #[cfg(test)]
 mod tests;

@@ -7,7 +7,8 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use super::*;
-use crate::attempt::terminus::TerminalError;
+use crate::attempt::ErrorType;
+use crate::attempt::terminus::{ModelLimits, TerminalError};
 
 /// Records keystrokes; every command prints `out(<keystrokes>)` followed by `padding` characters, after waiting
 /// the time it was given.
@@ -421,4 +422,47 @@ async fn the_trajectory_holds_real_output_and_tokens() {
     assert_eq!(t["final_metrics"]["total_prompt_tokens"], 200);
     assert_eq!(t["final_metrics"]["total_completion_tokens"], 20);
     assert_eq!(t["final_metrics"]["total_steps"], 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_of_the_model_stack_are_counted_in_the_episode() {
+    // Fails with a 503 on every other try: each turn takes one retry.
+    let tries = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let flaky = tower::service_fn(move |_: ChatRequest| {
+        let n = tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move {
+            if n.is_multiple_of(2) {
+                return Err(ModelError::Server {
+                    status: 503,
+                    message: "busy".into(),
+                });
+            }
+            Ok(ChatReply {
+                content: answer("", 0.0, true).unwrap(),
+                prompt_tokens: 7,
+                completion_tokens: 3,
+                finish_reason: None,
+                retries: 0,
+            })
+        }
+    });
+    let model = ModelClient::with_stack(flaky, ModelLimits::default());
+    let report = run(
+        "t",
+        &mut FakeTerminal::default(),
+        &model,
+        &settings(10),
+        None,
+    )
+    .await;
+    assert_eq!(report.end, LoopEnd::Completed);
+    assert_eq!(report.episodes.len(), 2);
+    for episode in &report.episodes {
+        assert_eq!(episode.metadata["retries"], 1, "{}", episode.metadata);
+        assert_eq!(episode.metadata["promptTokens"], 7);
+    }
+    assert_eq!(
+        model.limit().map(tower_keyed::LimitHandle::in_flight),
+        Some(0)
+    );
 }

@@ -10,7 +10,7 @@
 //!
 //! The requests are sent with our own `reqwest` client rather than async-openai's: its client retries 429s by
 //! itself and hides the response headers, and this stack must honour `Retry-After` and feed 429s to the limit. The
-//! wire types are the five fields we use, defined in [`http`](self::http) rather than pulled from async-openai.
+//! wire types are the five fields we use, defined in its `http` file rather than pulled from async-openai.
 
 mod http;
 
