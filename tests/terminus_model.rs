@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use common::openai::{OpenAiServer, Scripted};
 use terminal_bench_worker::attempt::terminus::{
-    ChatMessage, ChatRequest, ModelClient, ModelError, ModelLimits,
+    ChatMessage, ChatRequest, LoopEnd, ModelClient, ModelError, ModelLimits, Terminal,
+    TerminalError, TerminusSettings, run,
 };
 use terminal_bench_worker::config::Secret;
 use tower_keyed::Backoff;
@@ -300,5 +301,54 @@ async fn the_adaptive_limit_shrinks_under_429s_and_grows_back() {
     println!(
         "calls that gave up rate limited: {}",
         failures.load(Ordering::SeqCst)
+    );
+}
+
+/// A terminal that echoes what it was sent.
+struct EchoTerminal;
+
+#[async_trait::async_trait]
+impl Terminal for EchoTerminal {
+    async fn screen(&mut self) -> Result<String, TerminalError> {
+        Ok("root@task:/app# ".into())
+    }
+
+    async fn send(&mut self, keystrokes: &str, _wait: Duration) -> Result<String, TerminalError> {
+        Ok(format!("echo: {keystrokes}"))
+    }
+}
+
+#[tokio::test]
+async fn the_loop_runs_against_the_scripted_api_and_keeps_the_key_out_of_its_records() {
+    let server = OpenAiServer::start().await;
+    let done = r#"{"analysis": "done", "plan": "", "commands": [{"keystrokes": "ls\n", "duration": 0.1}], "task_complete": true}"#;
+    server.push(Scripted::rate_limited(Some(1)));
+    server.push(Scripted::completion(done));
+    server.push(Scripted::completion(done));
+    let settings = TerminusSettings {
+        model: "gpt-4o".into(),
+        temperature: Some(0.7),
+        reasoning_effort: None,
+        max_turns: 5,
+        context_limit_tokens: 100_000,
+    };
+    let client = client(&server, limits());
+    let report = run("say hi", &mut EchoTerminal, &client, &settings, None).await;
+    assert_eq!(report.end, LoopEnd::Completed);
+    assert_eq!(report.episodes[0].metadata["retries"], 1);
+    assert_eq!(report.episodes[0].commands[0]["output"], "echo: ls\n");
+    assert_eq!(report.prompt_tokens, 200);
+    let records = format!("{:?} {}", report.episodes, report.trajectory);
+    assert!(
+        !records.contains(KEY),
+        "the key reached the episodes or the trajectory"
+    );
+    let requests = server.requests();
+    assert_eq!(requests.len(), 3);
+    assert!(
+        requests[0].json()["messages"][0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("say hi")
     );
 }

@@ -285,6 +285,21 @@ mod tests {
     }
 
     #[test]
+    fn an_https_client_builds_with_the_workspaces_one_crypto_provider() {
+        // reqwest's rustls needs a crypto provider; with two in the tree this would panic.
+        let model = HttpModel::new(&Secret::new("sk-x"), None, Duration::from_secs(1)).unwrap();
+        assert_eq!(model.url, "https://api.openai.com/v1/chat/completions");
+        assert!(!format!("{model:?}").contains("sk-x"));
+        let model = HttpModel::new(
+            &Secret::new("k"),
+            Some("http://127.0.0.1:9/v1/"),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        assert_eq!(model.url, "http://127.0.0.1:9/v1/chat/completions");
+    }
+
+    #[test]
     fn bodies_carry_only_what_the_model_takes() {
         let b = body(&request("gpt-4o"));
         assert_eq!(b["temperature"], json!(0.7f32));

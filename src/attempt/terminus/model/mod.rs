@@ -265,6 +265,10 @@ impl ModelClient {
     }
 
     /// The retry and limit layers of [`ModelClient::new`] around any service (a scripted model in tests).
+    ///
+    /// # Panics
+    ///
+    /// If `settings` has bounds that are not `1 <= min <= initial <= max`.
     pub fn with_stack<S>(service: S, settings: ModelLimits) -> Self
     where
         S: Service<ChatRequest, Response = ChatReply, Error = ModelError>
