@@ -229,14 +229,6 @@ async fn a_context_overflow_fails_at_once_and_reasoning_models_get_their_effort(
 #[tokio::test]
 async fn the_adaptive_limit_shrinks_under_429s_and_grows_back() {
     let server = OpenAiServer::start().await;
-    server.respond_with(|_, n| {
-        let answer = if n < 40 {
-            Scripted::rate_limited(None)
-        } else {
-            Scripted::completion("ok")
-        };
-        answer.delayed(Duration::from_millis(20))
-    });
     let limits = ModelLimits {
         backoff: Backoff {
             max_retries: 8,
@@ -249,6 +241,22 @@ async fn the_adaptive_limit_shrinks_under_429s_and_grows_back() {
     };
     let client = client(&server, limits);
     let handle = client.limit().expect("a limit").clone();
+    // What the API sees: the limit and the calls in flight when each try arrives.
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    server.respond_with({
+        let (handle, seen) = (handle.clone(), Arc::clone(&seen));
+        move |_, n| {
+            seen.lock()
+                .unwrap()
+                .push((handle.limit(), handle.in_flight()));
+            let answer = if n < 40 {
+                Scripted::rate_limited(None)
+            } else {
+                Scripted::completion("ok")
+            };
+            answer.delayed(Duration::from_millis(20))
+        }
+    });
     let trajectory = Arc::new(std::sync::Mutex::new(Vec::new()));
     let failures = Arc::new(AtomicUsize::new(0));
     for wave in 0..2 {
@@ -298,6 +306,20 @@ async fn the_adaptive_limit_shrinks_under_429s_and_grows_back() {
         "the limit grew back after successes ({lowest} → {last})"
     );
     assert_eq!(handle.in_flight(), 0);
+    let seen = seen.lock().unwrap().clone();
+    println!("(limit, in flight) as each try reached the API: {seen:?}");
+    let mut highest = 0;
+    for &(limit, in_flight) in &seen {
+        highest = highest.max(limit);
+        assert!(
+            in_flight <= highest,
+            "{in_flight} calls in flight above every limit so far ({highest})"
+        );
+    }
+    assert!(
+        seen.iter().any(|&(limit, _)| limit == 1),
+        "the burst drove the limit to its floor"
+    );
     println!(
         "calls that gave up rate limited: {}",
         failures.load(Ordering::SeqCst)
