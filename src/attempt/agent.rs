@@ -80,5 +80,6 @@ pub async fn run_oracle(task: &Task, sandbox: &dyn Sandbox, out: &mut AttemptOut
             .to_string(),
         commands: json!([cmd]),
         duration_ms: i32::try_from(exec.duration.as_millis()).unwrap_or(i32::MAX),
+        metadata: json!({}),
     });
 }

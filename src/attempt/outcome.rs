@@ -41,6 +41,9 @@ pub struct EpisodeRecord {
     pub commands: Value,
     /// How long the turn took.
     pub duration_ms: i32,
+    /// The `episodes.metadata` column besides the agent's name: `{promptTokens, completionTokens, retries?}` for
+    /// an LLM turn, `{}` for the oracle.
+    pub metadata: Value,
 }
 
 /// Time spent in each phase.
@@ -264,7 +267,7 @@ impl AttemptOutcome {
                 explanation: Set(scrub_text(&ep.explanation)),
                 commands: Set(Some(scrub_json(ep.commands.clone()))),
                 duration_ms: Set(Some(ep.duration_ms)),
-                metadata: Set(Some(json!({ "agent": agent_name }))),
+                metadata: Set(Some(scrub_json(episode_metadata(&ep.metadata, agent_name)))),
             })
             .collect();
         OutcomeRows {
@@ -273,6 +276,16 @@ impl AttemptOutcome {
             completed_run: !self.is_cancelled(),
         }
     }
+}
+
+/// An episode's own metadata with the agent's name added.
+fn episode_metadata(own: &Value, agent_name: &str) -> Value {
+    let mut m = match own {
+        Value::Object(m) => m.clone(),
+        _ => Map::new(),
+    };
+    m.insert("agent".into(), json!(agent_name));
+    Value::Object(m)
 }
 
 #[cfg(test)]
@@ -348,6 +361,7 @@ mod tests {
             explanation: "plan".into(),
             commands: json!([{ "command": "x", "output": "\0" }]),
             duration_ms: 5,
+            metadata: json!({ "promptTokens": 10, "completionTokens": 2 }),
         });
         o.finalize_status();
         let rows = o.rows("oracle");
@@ -361,6 +375,13 @@ mod tests {
         assert_eq!(
             rows.episodes[0].commands,
             Set(Some(json!([{ "command": "x", "output": "\u{FFFD}" }])))
+        );
+
+        assert_eq!(
+            rows.episodes[0].metadata,
+            Set(Some(
+                json!({ "agent": "oracle", "promptTokens": 10, "completionTokens": 2 })
+            ))
         );
 
         o.fail(ErrorType::CancellationError, "cancelled");

@@ -2,6 +2,8 @@
 //! daemon, and helpers to write task folders and wait for jobs.
 #![allow(dead_code)]
 
+pub mod openai;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

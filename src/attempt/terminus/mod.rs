@@ -5,16 +5,26 @@
 //! The parts, each in its own file:
 //! - [`Terminal`]: what the loop needs of a terminal. `terminal` implements it with a tmux session inside the
 //!   sandbox (installed at start when the image lacks tmux).
-//! - The model: chat requests to an OpenAI-compatible API as a Tower service, behind
-//!   `tower_keyed`'s retry policy (429/5xx/timeouts, honouring `Retry-After`) and a process-wide adaptive (AIMD)
-//!   concurrency limit.
-//! - The loop: prompts, parsing of the model's JSON replies (with a corrective turn when one does not parse),
-//!   double confirmation of `task_complete`, the turn limit, the deadline, condensing old turns near the context
-//!   limit; one episode per turn and an ATIF `trajectory.json`.
+//! - [`model`]: chat requests to an OpenAI-compatible API as a Tower service, behind `tower_keyed`'s retry policy
+//!   (429/5xx/timeouts, honouring `Retry-After`) and a process-wide adaptive (AIMD) concurrency limit.
+//! - [`prompt`] and [`reply`]: what the loop says to the model, and parsing of its JSON replies.
+//! - [`agent_loop`]: the loop itself ([`run`]): a corrective turn when a reply does not parse, double confirmation
+//!   of `task_complete`, the turn limit, the deadline; one episode per turn.
+//! - [`history`]: the conversation, condensed near the context limit; [`trajectory`]: the ATIF `trajectory.json`.
 //!
 //! The API key never enters the container: the loop runs on the host and only keystrokes cross into the sandbox.
 
+pub mod agent_loop;
+pub mod history;
+pub mod model;
+pub mod prompt;
+pub mod reply;
 pub mod terminal;
+pub mod trajectory;
+
+pub use agent_loop::{LoopEnd, TerminusReport, TerminusSettings, run};
+pub use model::{ChatMessage, ChatReply, ChatRequest, ModelClient, ModelError, ModelLimits};
+pub use terminal::TmuxTerminal;
 
 use std::time::Duration;
 
