@@ -9,6 +9,7 @@ use sea_orm::DatabaseConnection;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::attempt::terminus::ModelClient;
 use crate::claims::Leases;
 use crate::config::Config;
 use crate::runtime::Runtime;
@@ -30,6 +31,9 @@ pub struct App {
     pub hard_stop: CancellationToken,
     /// Present when claims go through the database's claim tables (PostgreSQL: several workers may share it).
     pub coordination: Option<Coordination>,
+    /// The model API client shared by every attempt of this process (one adaptive limit for all model calls);
+    /// present when `OPENAI_API_KEY` is set.
+    pub model: Option<ModelClient>,
 }
 
 /// This worker's identity and leases in a database shared with other workers.

@@ -61,6 +61,27 @@ pub struct OpenAiConfig {
     pub model: String,
 }
 
+/// How Terminus 2 runs and calls the model (read whether or not a key is set, so a typo is reported at once).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TerminusConfig {
+    /// `TERMINUS_TEMPERATURE` (0.7; models that reject a temperature get none).
+    pub temperature: f32,
+    /// `TERMINUS_MAX_TURNS` (100): turns before the agent is stopped (the verifier still runs).
+    pub max_turns: u32,
+    /// `TERMINUS_REASONING_EFFORT` (`low`, `medium` or `high`; unset): sent to model families that take it.
+    pub reasoning_effort: Option<String>,
+    /// `TERMINUS_CONTEXT_TOKENS` (128000): the model's context window; older turns are condensed near it.
+    pub context_tokens: u32,
+    /// `MODEL_CONCURRENCY_INITIAL` / `_MIN` / `_MAX` (8 / 1 / 64): the process-wide adaptive limit on model calls.
+    pub concurrency: (usize, usize, usize),
+    /// `MODEL_MAX_RETRIES` (6): retries of one model call (429, 5xx, timeouts) before the attempt fails.
+    pub max_retries: u32,
+    /// `MODEL_REQUEST_TIMEOUT_MS` (600000): one model call.
+    pub request_timeout: Duration,
+    /// `TERMINUS_SETUP_TIMEOUT_MS` (180000): installing and starting tmux in the attempt's container.
+    pub setup_timeout: Duration,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -77,8 +98,10 @@ pub struct Config {
     pub database_url: Option<Secret>,
     /// S3 settings; `None` means the local-folder artifact store.
     pub s3: Option<S3Config>,
-    /// Terminus 2 settings; `None` means the oracle agent.
+    /// The model API (`OPENAI_*`, `HARBOR_MODEL`); `None` means jobs that name no agent run the oracle.
     pub openai: Option<OpenAiConfig>,
+    /// How Terminus 2 runs.
+    pub terminus: TerminusConfig,
     /// `WORKER_POLL_INTERVAL_MS` (5000).
     pub poll_interval: Duration,
     /// `MAX_CONCURRENT_ATTEMPTS_PER_JOB` (10).
@@ -245,6 +268,71 @@ impl Config {
                 .unwrap_or_else(|| "gpt-4o-mini".to_string()),
         });
 
+        let terminus = {
+            let temperature = r.parsed(
+                "TERMINUS_TEMPERATURE",
+                0.7f32,
+                "a number between 0 and 2",
+                |v| (0.0..=2.0).contains(v),
+            );
+            let max_turns = r.parsed(
+                "TERMINUS_MAX_TURNS",
+                100u32,
+                "a whole number of at least 1",
+                |v| *v >= 1,
+            );
+            let reasoning_effort = r.string("TERMINUS_REASONING_EFFORT");
+            if let Some(effort) = &reasoning_effort
+                && !["minimal", "low", "medium", "high"].contains(&effort.as_str())
+            {
+                r.problems.push(format!(
+                    "TERMINUS_REASONING_EFFORT must be minimal, low, medium or high, got {effort:?}"
+                ));
+            }
+            let context_tokens = r.parsed(
+                "TERMINUS_CONTEXT_TOKENS",
+                128_000u32,
+                "a whole number of tokens (at least 4000)",
+                |v| *v >= 4000,
+            );
+            let initial = r.count("MODEL_CONCURRENCY_INITIAL", 8);
+            let min = r.count("MODEL_CONCURRENCY_MIN", 1);
+            let max = r.count("MODEL_CONCURRENCY_MAX", 64);
+            if !(min <= initial && initial <= max) {
+                r.problems.push(format!(
+                    "MODEL_CONCURRENCY_MIN <= MODEL_CONCURRENCY_INITIAL <= MODEL_CONCURRENCY_MAX must hold, got {min}, {initial}, {max}"
+                ));
+            }
+            let max_retries = r.parsed(
+                "MODEL_MAX_RETRIES",
+                6u32,
+                "a whole number (0 or more)",
+                |_| true,
+            );
+            let request_ms: u64 = r.parsed(
+                "MODEL_REQUEST_TIMEOUT_MS",
+                600_000,
+                "a whole number of milliseconds (at least 1000)",
+                |v| *v >= 1000,
+            );
+            let setup_ms: u64 = r.parsed(
+                "TERMINUS_SETUP_TIMEOUT_MS",
+                180_000,
+                "a whole number of milliseconds (at least 1000)",
+                |v| *v >= 1000,
+            );
+            TerminusConfig {
+                temperature,
+                max_turns,
+                reasoning_effort,
+                context_tokens,
+                concurrency: (initial, min.min(initial), max.max(initial)),
+                max_retries,
+                request_timeout: Duration::from_millis(request_ms),
+                setup_timeout: Duration::from_millis(setup_ms),
+            }
+        };
+
         let poll_ms: u64 = r.parsed(
             "WORKER_POLL_INTERVAL_MS",
             5000,
@@ -344,6 +432,7 @@ impl Config {
             database_url: database_url.map(Secret::new),
             s3,
             openai,
+            terminus,
             poll_interval: Duration::from_millis(poll_ms),
             max_concurrent_attempts_per_job,
             max_concurrent_jobs,

@@ -67,6 +67,26 @@ pub async fn insert_job(
     zip_object_url: &str,
     owner_id: Option<Uuid>,
 ) -> Result<job::Model, DbErr> {
+    insert_job_with_metadata(
+        db,
+        task_name,
+        runs_requested,
+        zip_object_url,
+        owner_id,
+        serde_json::json!({}),
+    )
+    .await
+}
+
+/// [`insert_job`] with the job's `metadata` (`{"agent": .., "model": ..}` as the platform writes it).
+pub async fn insert_job_with_metadata(
+    db: &impl ConnectionTrait,
+    task_name: &str,
+    runs_requested: i32,
+    zip_object_url: &str,
+    owner_id: Option<Uuid>,
+    metadata: serde_json::Value,
+) -> Result<job::Model, DbErr> {
     let at = now();
     job::Entity::insert(job::ActiveModel {
         id: Set(Uuid::new_v4()),
@@ -77,7 +97,7 @@ pub async fn insert_job(
         zip_object_url: Set(Some(zip_object_url.to_string())),
         owner_id: Set(owner_id),
         error_message: Set(None),
-        metadata: Set(Some(serde_json::json!({}))),
+        metadata: Set(Some(metadata)),
         created_at: Set(at),
         updated_at: Set(at),
     })

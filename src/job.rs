@@ -16,8 +16,9 @@ use tower_keyed::Elapsed;
 use uuid::Uuid;
 
 use crate::app::App;
+use crate::attempt::choice::AgentChoiceError;
 use crate::attempt::runner::{self, AttemptRunner};
-use crate::attempt::{self, AttemptContext, AttemptId, AttemptOutcome};
+use crate::attempt::{self, AgentChoice, AttemptContext, AttemptId, AttemptOutcome};
 use crate::config::Config;
 use crate::db::{self, Finish};
 use crate::fence::{Claim, FenceError, LeaseLost};
@@ -68,6 +69,14 @@ pub enum JobError {
     /// This worker no longer holds the job.
     #[error(transparent)]
     LeaseLost(#[from] LeaseLost),
+    /// The job's agent cannot run on this worker.
+    #[error(transparent)]
+    Agent(#[from] AgentChoiceError),
+    /// Terminus 2 was asked for on a runtime that cannot keep its terminal alive.
+    #[error(
+        "the Terminus 2 agent needs Docker (it keeps a terminal session in the container), and this worker runs tasks in {0}"
+    )]
+    AgentNeedsDocker(String),
 }
 
 impl From<FenceError> for JobError {
@@ -186,6 +195,11 @@ impl App {
                 max,
             });
         }
+        let agent = AgentChoice::for_job(job.metadata.as_ref(), self.config.openai.as_ref())?;
+        if matches!(agent, AgentChoice::Terminus2 { .. }) && !self.runtime.keeps_processes() {
+            return Err(JobError::AgentNeedsDocker(self.runtime.describe()));
+        }
+        tracing::info!(job = %job.id, agent = agent.name(), model = agent.model(), "agent chosen");
         let url = job
             .zip_object_url
             .as_deref()
@@ -232,6 +246,9 @@ impl App {
             scratch_root: scratch.join("attempts"),
             stop: stop.clone(),
             fence,
+            agent,
+            model: self.model.clone(),
+            terminus: self.config.terminus.clone(),
         };
         let tracker = TaskTracker::new();
         let stack = runner::stack(

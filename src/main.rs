@@ -47,6 +47,13 @@ enum Command {
         /// Owner: an existing user's email or id.
         #[arg(long)]
         user: Option<String>,
+        /// Agent for the job's attempts, stored in the job's metadata as the platform does: `oracle` or
+        /// `terminus-2` (default: Terminus 2 when OPENAI_API_KEY is set, else the oracle).
+        #[arg(long)]
+        agent: Option<String>,
+        /// Model for Terminus 2, stored in the job's metadata (default: HARBOR_MODEL).
+        #[arg(long)]
+        model: Option<String>,
     },
     /// Submit a local task folder and process it here until it ends, with progress and a results table.
     Run {
@@ -55,6 +62,13 @@ enum Command {
         /// Number of attempts.
         #[arg(long, default_value_t = 1)]
         runs: i32,
+        /// Agent for the job's attempts, stored in the job's metadata as the platform does: `oracle` or
+        /// `terminus-2` (default: Terminus 2 when OPENAI_API_KEY is set, else the oracle).
+        #[arg(long)]
+        agent: Option<String>,
+        /// Model for Terminus 2, stored in the job's metadata (default: HARBOR_MODEL).
+        #[arg(long)]
+        model: Option<String>,
     },
     /// Show recent jobs, or one job with its attempts.
     Status {
@@ -115,13 +129,20 @@ async fn dispatch(command: Command, config: Config) -> eyre::Result<i32> {
             tracing::info!("worker stopped");
             Ok(0)
         }
-        Command::Submit { path, runs, user } => {
+        Command::Submit {
+            path,
+            runs,
+            user,
+            agent,
+            model,
+        } => {
             let app = setup::app(&config, Mode::Embedded).await?;
             let owner = match user {
                 Some(u) => Some(submit::resolve_user(&app, &u).await?),
                 None => None,
             };
-            let job = submit::submit(&app, &path, runs, owner).await?;
+            let metadata = submit::job_metadata(agent.as_deref(), model.as_deref())?;
+            let job = submit::submit_with_metadata(&app, &path, runs, owner, metadata).await?;
             println!(
                 "queued job {} ({} runs of {}) from {}",
                 job.id,
@@ -131,7 +152,15 @@ async fn dispatch(command: Command, config: Config) -> eyre::Result<i32> {
             );
             Ok(0)
         }
-        Command::Run { path, runs } => run(config, path, runs).await,
+        Command::Run {
+            path,
+            runs,
+            agent,
+            model,
+        } => {
+            let metadata = submit::job_metadata(agent.as_deref(), model.as_deref())?;
+            run(config, path, runs, metadata).await
+        }
         Command::Status { job } => {
             let app = setup::app(&config, Mode::Embedded).await?;
             match job {
@@ -197,7 +226,12 @@ async fn signals(shutdown: CancellationToken, app: App) {
     std::process::exit(130);
 }
 
-async fn run(config: Config, path: PathBuf, runs: i32) -> eyre::Result<i32> {
+async fn run(
+    config: Config,
+    path: PathBuf,
+    runs: i32,
+    metadata: serde_json::Value,
+) -> eyre::Result<i32> {
     if !(1..=config.max_runs_per_job).contains(&runs) {
         bail!(
             "--runs must be between 1 and {} (MAX_RUNS_PER_JOB)",
@@ -218,7 +252,7 @@ async fn run(config: Config, path: PathBuf, runs: i32) -> eyre::Result<i32> {
     for (what, detail) in setup::describe(&config, &app) {
         println!("{what:>10}: {detail}");
     }
-    let job = submit::submit(&app, &path, runs, None).await?;
+    let job = submit::submit_with_metadata(&app, &path, runs, None, metadata).await?;
     println!(
         "{:>10}: {} ({} runs of {})",
         "job", job.id, runs, job.task_name

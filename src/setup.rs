@@ -6,12 +6,14 @@ use std::sync::Arc;
 use eyre::{WrapErr, eyre};
 
 use crate::app::{App, Coordination};
-use crate::config::Config;
+use crate::attempt::terminus::{ModelClient, ModelLimits};
+use crate::config::{Config, OpenAiConfig, TerminusConfig};
 use crate::runtime::bwrap::BwrapRuntime;
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::unavailable::Unavailable;
 use crate::runtime::{NoRuntime, Runtime};
 use crate::store::{ArtifactStore, LocalStore, S3Store};
+use tower_keyed::Backoff;
 
 /// What the application is assembled for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,7 +126,12 @@ pub async fn app(config: &Config, mode: Mode) -> eyre::Result<App> {
         }
         _ => None,
     };
+    let model = match &config.openai {
+        Some(openai) => Some(model_client(openai, &config.terminus)?),
+        None => None,
+    };
     Ok(App {
+        model,
         db,
         store,
         runtime,
@@ -132,6 +139,24 @@ pub async fn app(config: &Config, mode: Mode) -> eyre::Result<App> {
         hard_stop: Default::default(),
         coordination,
     })
+}
+
+/// The process-wide model client: every attempt's calls share its retry policy and adaptive concurrency limit.
+pub fn model_client(openai: &OpenAiConfig, terminus: &TerminusConfig) -> eyre::Result<ModelClient> {
+    let (initial, min, max) = terminus.concurrency;
+    let limits = ModelLimits {
+        initial,
+        min,
+        max,
+        request_timeout: terminus.request_timeout,
+        backoff: Backoff {
+            max_retries: terminus.max_retries,
+            ..Backoff::default()
+        },
+    };
+    // The error names neither the key nor the URL's credentials: it comes from building the HTTP client.
+    ModelClient::new(&openai.api_key, openai.base_url.as_deref(), limits)
+        .map_err(|e| eyre!("could not set up the model API client: {e}"))
 }
 
 fn redact_db_error(e: &sea_orm::DbErr) -> String {

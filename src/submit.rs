@@ -29,12 +29,44 @@ pub async fn resolve_user(app: &App, who: &str) -> eyre::Result<Uuid> {
         .ok_or_else(|| eyre!("no user {who:?} in the users table"))
 }
 
+/// The job metadata the platform writes for a chosen agent and model (`{"agent": .., "model": ..}`), checking the
+/// agent's name so a typo fails here rather than in the worker.
+pub fn job_metadata(agent: Option<&str>, model: Option<&str>) -> eyre::Result<serde_json::Value> {
+    let mut metadata = serde_json::Map::new();
+    if let Some(agent) = agent {
+        let known = [
+            crate::attempt::agent::ORACLE,
+            crate::attempt::terminus::TERMINUS_2,
+        ];
+        if !known.contains(&agent) {
+            bail!("--agent must be one of {}, got {agent:?}", known.join(", "));
+        }
+        metadata.insert("agent".into(), agent.into());
+    }
+    if let Some(model) = model {
+        metadata.insert("model".into(), model.into());
+    }
+    Ok(serde_json::Value::Object(metadata))
+}
+
 /// Upload a task folder or zip and queue a job for it.
 pub async fn submit(
     app: &App,
     path: &Path,
     runs: i32,
     owner: Option<Uuid>,
+) -> eyre::Result<job::Model> {
+    submit_with_metadata(app, path, runs, owner, serde_json::json!({})).await
+}
+
+/// [`submit`] with the job's `metadata` (e.g. from [`job_metadata`]), written in the same insert as the job so no
+/// worker can claim it without.
+pub async fn submit_with_metadata(
+    app: &App,
+    path: &Path,
+    runs: i32,
+    owner: Option<Uuid>,
+    metadata: serde_json::Value,
 ) -> eyre::Result<job::Model> {
     let (name, bytes) = if path.is_dir() {
         let dir = path
@@ -69,6 +101,6 @@ pub async fn submit(
         .store
         .put(&key, Bytes::from(bytes), "application/zip")
         .await?;
-    let job = db::insert_job(&app.db, &name, runs, &url, owner).await?;
+    let job = db::insert_job_with_metadata(&app.db, &name, runs, &url, owner, metadata).await?;
     Ok(job)
 }

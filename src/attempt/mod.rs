@@ -5,6 +5,7 @@
 //! the platform understands ([`ErrorType`]) and a message a user can act on. Each phase lives in its own module.
 
 pub mod agent;
+pub mod choice;
 pub mod outcome;
 pub mod runner;
 pub mod terminus;
@@ -21,8 +22,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-pub use outcome::{AttemptOutcome, EpisodeRecord, ErrorType, PhaseTiming, TestCase};
+pub use choice::AgentChoice;
+pub use outcome::{AttemptOutcome, EpisodeRecord, ErrorType, PhaseTiming, TestCase, TokenUsage};
 
+use crate::config::TerminusConfig;
 use crate::fence::Claim;
 use crate::fmt::humanize;
 use crate::runtime::{PreparedImage, Runtime, Sandbox, SandboxSpec};
@@ -60,6 +63,13 @@ pub struct AttemptContext {
     pub stop: Stop,
     /// The job's claim, presented with every write (fencing); `None` in the embedded default.
     pub fence: Option<Claim>,
+    /// The agent that runs in every attempt of the job.
+    pub agent: AgentChoice,
+    /// The process-wide model client (its adaptive limit is shared by every attempt); present when a model API key
+    /// is configured.
+    pub model: Option<terminus::ModelClient>,
+    /// How Terminus 2 runs.
+    pub terminus: TerminusConfig,
 }
 
 /// The deadline of one attempt: `HARBOR_TIMEOUT_MS`, or less when `task.toml` bounds the agent: its agent and verifier
@@ -270,9 +280,19 @@ async fn phases(
     out.container_id = Some(sandbox.id().to_string());
 
     let started = Instant::now();
-    agent::run_oracle(&ctx.task, sandbox, out)
-        .instrument(tracing::info_span!("agent", agent = agent::ORACLE))
-        .await;
+    let span = tracing::info_span!("agent", agent = ctx.agent.name(), model = ctx.agent.model());
+    match &ctx.agent {
+        AgentChoice::Oracle => {
+            agent::run_oracle(&ctx.task, sandbox, out)
+                .instrument(span)
+                .await;
+        }
+        AgentChoice::Terminus2 { model } => {
+            terminus::attempt::run(ctx, model, sandbox, out)
+                .instrument(span)
+                .await;
+        }
+    }
     out.timing.agent_execution = Some(started.elapsed());
 
     let started = Instant::now();

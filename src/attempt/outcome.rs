@@ -110,6 +110,23 @@ pub struct AttemptOutcome {
     pub log_path: Option<String>,
     /// The container (or sandbox) id.
     pub container_id: Option<String>,
+    /// The model the agent called, for agents that call one.
+    pub model: Option<String>,
+    /// Tokens the agent's model calls used, when it called a model.
+    pub usage: Option<TokenUsage>,
+    /// The agent's ATIF trajectory (`agent/trajectory.json` in the trial folder), for agents that keep one.
+    pub trajectory: Option<Value>,
+}
+
+/// Tokens an attempt's model calls used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TokenUsage {
+    /// Tokens sent (prompts).
+    pub prompt_tokens: u64,
+    /// Tokens received (completions).
+    pub completion_tokens: u64,
+    /// Turns the agent took.
+    pub turns: u32,
 }
 
 /// Longest preview kept in the attempt's metadata.
@@ -145,6 +162,9 @@ impl AttemptOutcome {
             finished_at: None,
             log_path: None,
             container_id: None,
+            model: None,
+            usage: None,
+            trajectory: None,
         }
     }
 
@@ -215,6 +235,15 @@ impl AttemptOutcome {
         );
         m.insert("agent".into(), json!(agent_name));
         m.insert("timing".into(), self.timing.to_json());
+        if let Some(model) = &self.model {
+            m.insert("model".into(), json!(model));
+        }
+        if let Some(usage) = &self.usage {
+            m.insert(
+                "tokens".into(),
+                json!({"prompt": usage.prompt_tokens, "completion": usage.completion_tokens, "turns": usage.turns}),
+            );
+        }
         if self.agent_timed_out {
             m.insert("agentTimedOut".into(), json!(true));
         }

@@ -19,7 +19,6 @@ use tower::util::BoxCloneService;
 use tower::{BoxError, Service, ServiceBuilder};
 use tower_keyed::{TimeoutLayer, TraceLayer};
 
-use super::agent::ORACLE;
 use super::{AttemptContext, AttemptId, AttemptOutcome, Interrupted, run_attempt};
 use crate::db;
 use crate::stop::StopReason;
@@ -97,7 +96,7 @@ impl Service<AttemptId> for AttemptRunner {
                             .await
                             .map_err(fence_error)?;
                     }
-                    _ => db::record_outcome(&db, ctx.job_id, out.rows(ORACLE), fence)
+                    _ => db::record_outcome(&db, ctx.job_id, out.rows(ctx.agent.name()), fence)
                         .await
                         .map_err(fence_error)?,
                 }

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::{AttemptContext, AttemptOutcome, agent::ORACLE};
+use super::{AttemptContext, AttemptOutcome};
 use crate::runtime::{RuntimeError, Sandbox};
 use crate::store::StoreError;
 
@@ -28,7 +28,16 @@ pub fn result_json(ctx: &AttemptContext, out: &AttemptOutcome) -> serde_json::Va
         "task_name": ctx.task.name,
         "job_id": ctx.job_id,
         "status": out.status.as_str(),
-        "agent_info": { "name": ORACLE, "version": env!("CARGO_PKG_VERSION"), "model_info": null },
+        "agent_info": {
+            "name": ctx.agent.name(),
+            "version": env!("CARGO_PKG_VERSION"),
+            "model_info": out.model.as_ref().map(|name| json!({ "name": name })),
+        },
+        "agent_result": out.usage.map(|u| json!({
+            "n_input_tokens": u.prompt_tokens,
+            "n_output_tokens": u.completion_tokens,
+            "n_turns": u.turns,
+        })),
         "environment": { "image": ctx.image.reference, "runtime": ctx.runtime.describe(), "container_id": out.container_id },
         "verifier_result": {
             "rewards": out.reward_json(),
@@ -63,6 +72,15 @@ pub async fn write_and_upload(
         message: e.to_string(),
     };
     tokio::fs::create_dir_all(trial_dir).await.map_err(io)?;
+    if let Some(trajectory) = &out.trajectory {
+        // Written on the host, after the container's `/logs/agent` was copied: nothing in the container can alter it.
+        let agent_dir = trial_dir.join("agent");
+        tokio::fs::create_dir_all(&agent_dir).await.map_err(io)?;
+        let text = serde_json::to_vec_pretty(trajectory).unwrap_or_default();
+        tokio::fs::write(agent_dir.join("trajectory.json"), text)
+            .await
+            .map_err(io)?;
+    }
     let text = serde_json::to_vec_pretty(&result_json(ctx, out)).unwrap_or_default();
     tokio::fs::write(trial_dir.join("result.json"), text)
         .await

@@ -143,6 +143,12 @@ pub trait Runtime: Send + Sync {
     /// One line saying what this runtime is, for the output of `run` and the logs (e.g. "Docker 20.10.24").
     fn describe(&self) -> String;
 
+    /// Whether a process started by one command outlives it (a terminal session the Terminus 2 agent types into
+    /// needs this). Docker's containers do; the bubblewrap sandbox runs each command in its own process namespace.
+    fn keeps_processes(&self) -> bool {
+        true
+    }
+
     /// Prepare the task's environment once for a job. `task_root` is the extracted task folder.
     async fn prepare(
         &self,

@@ -15,7 +15,7 @@ use terminal_bench_worker::app::App;
 use terminal_bench_worker::config::Config;
 use terminal_bench_worker::runtime::docker::DockerRuntime;
 use terminal_bench_worker::store::{ArtifactStore, S3Store};
-use terminal_bench_worker::{db, poller};
+use terminal_bench_worker::{db, poller, setup};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -121,9 +121,13 @@ pub async fn harness_on(test_db: TestDb, extra: &[(&str, &str)]) -> Harness {
         db: db.clone(),
         store: ArtifactStore::S3(s3.clone()),
         runtime: Arc::new(runtime),
-        config: Arc::new(config),
         hard_stop: Default::default(),
         coordination: None,
+        model: config
+            .openai
+            .as_ref()
+            .map(|openai| setup::model_client(openai, &config.terminus).expect("model client")),
+        config: Arc::new(config),
     };
     Harness {
         app,

@@ -15,6 +15,7 @@
 //! The API key never enters the container: the loop runs on the host and only keystrokes cross into the sandbox.
 
 pub mod agent_loop;
+pub mod attempt;
 pub mod history;
 pub mod model;
 pub mod prompt;

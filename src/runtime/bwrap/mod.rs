@@ -89,6 +89,11 @@ impl Runtime for BwrapRuntime {
             .to_owned()
     }
 
+    fn keeps_processes(&self) -> bool {
+        // Each command gets its own PID namespace: a tmux server dies with the command that started it.
+        false
+    }
+
     async fn prepare(
         &self,
         job_id: Uuid,

@@ -1,0 +1,245 @@
+//! Terminus 2 end to end: real Docker containers with a tmux terminal, a scripted OpenAI-compatible API on loopback
+//! (the only stand-in: no model is reachable from here), real PostgreSQL and the S3 server.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::openai::{OpenAiServer, Recorded, Scripted};
+use common::*;
+use entity::attempt::AttemptStatus;
+use entity::job::JobStatus;
+use serde_json::{Value, json};
+use terminal_bench_worker::{db, submit};
+
+/// A key only these tests know; it must appear nowhere but in the requests to the scripted API.
+const API_KEY: &str = "sk-tbw-e2e-Zq8vW3nR5tY7uI9oP1aS";
+
+/// The example hello-world task with tmux baked into its image, so attempts need not install it.
+fn hello_world_with_tmux(parent: &Path) -> PathBuf {
+    let root = parent.join("hello-world");
+    let source = example("hello-world");
+    for entry in walkdir::WalkDir::new(&source) {
+        let entry = entry.unwrap();
+        let target = root.join(entry.path().strip_prefix(&source).unwrap());
+        if entry.file_type().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+    std::fs::write(
+        root.join("environment/Dockerfile"),
+        "FROM debian:bookworm-slim\n\
+         RUN apt-get update && apt-get install -y --no-install-recommends tmux && rm -rf /var/lib/apt/lists/*\n\
+         WORKDIR /app\n",
+    )
+    .unwrap();
+    root
+}
+
+fn reply(analysis: &str, plan: &str, commands: Value, complete: bool) -> String {
+    json!({ "analysis": analysis, "plan": plan, "commands": commands, "task_complete": complete })
+        .to_string()
+}
+
+/// How many answers of the model a request's conversation already holds.
+fn assistant_turns(request: &Recorded) -> usize {
+    request.json()["messages"]
+        .as_array()
+        .map(|m| m.iter().filter(|m| m["role"] == "assistant").count())
+        .unwrap_or(0)
+}
+
+/// A model that solves hello-world: first it writes the file and shows it, then it says the task is complete (and
+/// confirms), whatever order the attempts' calls arrive in.
+fn solver(request: &Recorded, _n: usize) -> Scripted {
+    match assistant_turns(request) {
+        0 => Scripted::completion(&reply(
+            "An empty /app; the file does not exist yet.",
+            "Write the greeting to /app/hello.txt, then show it.",
+            json!([
+                {"keystrokes": "echo 'Hello, world!' > /app/hello.txt\n", "duration": 0.5},
+                {"keystrokes": "cat /app/hello.txt\n", "duration": 0.5},
+            ]),
+            false,
+        )),
+        _ => Scripted::completion(&reply(
+            "The file holds the greeting.",
+            "Nothing left to do.",
+            json!([]),
+            true,
+        )),
+    }
+}
+
+async fn terminus_harness(server: &OpenAiServer, extra: &[(&str, &str)]) -> Harness {
+    let base_url = server.base_url();
+    let mut vars = vec![
+        ("OPENAI_API_KEY", API_KEY),
+        ("OPENAI_BASE_URL", base_url.as_str()),
+        ("HARBOR_MODEL", "scripted-model"),
+    ];
+    vars.extend_from_slice(extra);
+    harness(&vars).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminus_solves_hello_world_from_scripted_replies() {
+    let server = OpenAiServer::start().await;
+    server.respond_with(solver);
+    let h = terminus_harness(&server, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let job = submit::submit(&h.app, &hello_world_with_tmux(dir.path()), 1, None)
+        .await
+        .unwrap();
+    let done = h.run_until_final(job.id, Duration::from_secs(300)).await;
+    assert_eq!(
+        done.status,
+        JobStatus::Completed,
+        "{:?}",
+        done.error_message
+    );
+
+    let attempt = db::attempts_of(&h.db, job.id).await.unwrap().remove(0);
+    assert_eq!(
+        attempt.status,
+        AttemptStatus::Success,
+        "{:?}",
+        attempt.metadata
+    );
+    assert_eq!((attempt.tests_passed, attempt.tests_total), (2, 2));
+    let meta = attempt.metadata.clone().unwrap();
+    assert_eq!(meta["agent"], "terminus-2");
+    assert_eq!(meta["model"], "scripted-model");
+    assert_eq!(
+        meta["tokens"]["prompt"], 300,
+        "three calls of 100 prompt tokens"
+    );
+    assert_eq!(meta["tokens"]["completion"], 30);
+
+    // One episode per turn, holding the real terminal output.
+    let episodes = db::episodes_of(&h.db, attempt.id).await.unwrap();
+    assert_eq!(episodes.len(), 3, "work, complete, confirm");
+    assert_eq!(
+        episodes[0].state_analysis,
+        "An empty /app; the file does not exist yet."
+    );
+    assert_eq!(
+        episodes[0].explanation,
+        "Write the greeting to /app/hello.txt, then show it."
+    );
+    let commands = episodes[0].commands.clone().unwrap();
+    assert_eq!(
+        commands[0]["command"],
+        "echo 'Hello, world!' > /app/hello.txt\n"
+    );
+    let shown = commands[1]["output"].as_str().unwrap();
+    assert!(
+        shown.contains("cat /app/hello.txt") && shown.contains("Hello, world!"),
+        "the terminal's real output: {shown:?}"
+    );
+    assert_eq!(episodes[0].metadata.clone().unwrap()["promptTokens"], 100);
+
+    // The trial folder: result.json names the agent and model; trajectory.json is ATIF.
+    let prefix = format!("results/{}/attempt-0/", job.id);
+    let keys = h.keys(&prefix).await;
+    let result: Value =
+        serde_json::from_str(&h.object_text(&format!("{prefix}result.json")).await).unwrap();
+    assert_eq!(result["agent_info"]["name"], "terminus-2");
+    assert_eq!(result["agent_info"]["model_info"]["name"], "scripted-model");
+    assert_eq!(result["agent_result"]["n_input_tokens"], 300);
+    let trajectory: Value = serde_json::from_str(
+        &h.object_text(&format!("{prefix}agent/trajectory.json"))
+            .await,
+    )
+    .unwrap();
+    assert!(
+        trajectory["schema_version"]
+            .as_str()
+            .unwrap()
+            .starts_with("ATIF")
+    );
+    assert_eq!(trajectory["agent"]["name"], "terminus-2");
+    assert_eq!(trajectory["agent"]["model_name"], "scripted-model");
+    let steps = trajectory["steps"].as_array().unwrap();
+    let call = steps
+        .iter()
+        .find_map(|s| s["tool_calls"].as_array().filter(|c| !c.is_empty()))
+        .expect("a step with tool calls");
+    assert_eq!(call[0]["function_name"], "bash_command");
+    assert_eq!(
+        call[0]["arguments"]["keystrokes"],
+        "echo 'Hello, world!' > /app/hello.txt\n"
+    );
+    assert!(steps.iter().any(|s| {
+        s["observation"]["results"][0]["content"]
+            .as_str()
+            .is_some_and(|c| c.contains("Hello, world!"))
+    }));
+    assert_eq!(trajectory["final_metrics"]["total_prompt_tokens"], 300);
+
+    // The key went to the API, and nowhere else.
+    let requests = server.requests();
+    assert_eq!(requests.len(), 3);
+    let bearer = format!("Bearer {API_KEY}");
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.header("authorization") == Some(bearer.as_str()))
+    );
+    for key in &keys {
+        let text = h.object_text(key).await;
+        assert!(
+            !text.contains(API_KEY) && !text.contains(&API_KEY[..12]),
+            "the key leaked into {key}"
+        );
+    }
+    let rows = serde_json::to_string(&(
+        attempt.metadata,
+        episodes.iter().map(|e| &e.commands).collect::<Vec<_>>(),
+    ))
+    .unwrap();
+    assert!(
+        !rows.contains(&API_KEY[..12]),
+        "the key leaked into the database"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_asking_for_the_oracle_runs_the_oracle_on_a_worker_with_a_key() {
+    let server = OpenAiServer::start().await;
+    server.respond_with(solver);
+    let h = terminus_harness(&server, &[]).await;
+    let metadata = submit::job_metadata(Some("oracle"), None).unwrap();
+    let job = submit::submit_with_metadata(&h.app, &example("hello-world"), 1, None, metadata)
+        .await
+        .unwrap();
+    let done = h.run_until_final(job.id, Duration::from_secs(120)).await;
+    assert_eq!(
+        done.status,
+        JobStatus::Completed,
+        "{:?}",
+        done.error_message
+    );
+    let attempt = db::attempts_of(&h.db, job.id).await.unwrap().remove(0);
+    assert_eq!(attempt.metadata.unwrap()["agent"], "oracle");
+    assert!(server.requests().is_empty(), "the oracle calls no model");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminus_on_a_worker_without_a_key_fails_the_job_with_a_sentence() {
+    let h = harness(&[]).await;
+    let metadata = submit::job_metadata(Some("terminus-2"), Some("gpt-x")).unwrap();
+    let job = submit::submit_with_metadata(&h.app, &example("hello-world"), 1, None, metadata)
+        .await
+        .unwrap();
+    let done = h.run_until_final(job.id, Duration::from_secs(60)).await;
+    assert_eq!(done.status, JobStatus::Failed);
+    let message = done.error_message.unwrap();
+    assert!(
+        message.contains("Terminus 2") && message.contains("OPENAI_API_KEY"),
+        "{message}"
+    );
+}
