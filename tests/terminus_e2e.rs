@@ -243,3 +243,229 @@ async fn terminus_on_a_worker_without_a_key_fails_the_job_with_a_sentence() {
         "{message}"
     );
 }
+
+/// The hello-world task with tmux and the agent's time limit set to `agent_secs`.
+fn hello_world_limited(parent: &Path, agent_secs: u32) -> PathBuf {
+    let root = hello_world_with_tmux(parent);
+    let toml = std::fs::read_to_string(root.join("task.toml")).unwrap();
+    let toml = toml.replace(
+        "[agent]\ntimeout_sec = 120.0",
+        &format!("[agent]\ntimeout_sec = {agent_secs}.0"),
+    );
+    assert!(toml.contains(&format!("timeout_sec = {agent_secs}.0")));
+    std::fs::write(root.join("task.toml"), toml).unwrap();
+    root
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_never_returns_is_interrupted_by_c_c_and_the_next_turn_happens() {
+    let server = OpenAiServer::start().await;
+    server.respond_with(|request, _| match assistant_turns(request) {
+        0 => Scripted::completion(&reply(
+            "Start something that never ends.",
+            "Run sleep.",
+            json!([{"keystrokes": "sleep 1000\n", "duration": 2}]),
+            false,
+        )),
+        1 => Scripted::completion(&reply(
+            "sleep is still running.",
+            "Interrupt it, then write the file.",
+            json!([
+                {"keystrokes": "C-c", "duration": 0.5},
+                {"keystrokes": "echo 'Hello, world!' > /app/hello.txt\n", "duration": 0.5},
+            ]),
+            false,
+        )),
+        _ => Scripted::completion(&reply("Done.", "Nothing.", json!([]), true)),
+    });
+    let h = terminus_harness(&server, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let job = submit::submit(&h.app, &hello_world_with_tmux(dir.path()), 1, None)
+        .await
+        .unwrap();
+    let done = h.run_until_final(job.id, Duration::from_secs(300)).await;
+    assert_eq!(
+        done.status,
+        JobStatus::Completed,
+        "{:?}",
+        done.error_message
+    );
+    let attempt = db::attempts_of(&h.db, job.id).await.unwrap().remove(0);
+    assert_eq!(
+        attempt.status,
+        AttemptStatus::Success,
+        "{:?}",
+        attempt.metadata
+    );
+    let episodes = db::episodes_of(&h.db, attempt.id).await.unwrap();
+    assert_eq!(episodes.len(), 4);
+    let second = episodes[1].commands.clone().unwrap();
+    assert_eq!(second[0]["command"], "C-c");
+    assert!(
+        second[0]["output"].as_str().unwrap().contains("^C"),
+        "the interrupt shows on the terminal: {:?}",
+        second[0]["output"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_timeout_stops_terminus_and_the_tests_still_run() {
+    let server = OpenAiServer::start().await;
+    server.respond_with(|_, _| {
+        Scripted::completion(&reply(
+            "Waiting.",
+            "Wait some more.",
+            json!([{"keystrokes": "sleep 1000\n", "duration": 30}]),
+            false,
+        ))
+    });
+    let h = terminus_harness(&server, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let job = submit::submit(&h.app, &hello_world_limited(dir.path(), 5), 1, None)
+        .await
+        .unwrap();
+    let done = h.run_until_final(job.id, Duration::from_secs(300)).await;
+    assert_eq!(
+        done.status,
+        JobStatus::Completed,
+        "the job ends normally: {:?}",
+        done.error_message
+    );
+    let attempt = db::attempts_of(&h.db, job.id).await.unwrap().remove(0);
+    assert_eq!(attempt.status, AttemptStatus::Failed);
+    let meta = attempt.metadata.unwrap();
+    assert_eq!(meta["errorType"], "TimeoutError", "{meta}");
+    assert_eq!(meta["agentTimedOut"], true);
+    assert_eq!(
+        attempt.tests_total, 2,
+        "the verifier ran after the agent's timeout"
+    );
+    assert_eq!(attempt.tests_passed, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_turn_limit_ends_the_agent_and_the_tests_decide() {
+    let server = OpenAiServer::start().await;
+    server.respond_with(|_, _| {
+        Scripted::completion(&reply(
+            "Looking.",
+            "List files.",
+            json!([{"keystrokes": "ls\n", "duration": 0.2}]),
+            false,
+        ))
+    });
+    let h = terminus_harness(&server, &[("TERMINUS_MAX_TURNS", "2")]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let job = submit::submit(&h.app, &hello_world_with_tmux(dir.path()), 1, None)
+        .await
+        .unwrap();
+    h.run_until_final(job.id, Duration::from_secs(300)).await;
+    let attempt = db::attempts_of(&h.db, job.id).await.unwrap().remove(0);
+    assert_eq!(server.requests().len(), 2, "two turns, no more");
+    assert_eq!(db::episodes_of(&h.db, attempt.id).await.unwrap().len(), 2);
+    assert_eq!(
+        attempt.status,
+        AttemptStatus::Failed,
+        "the file was never written"
+    );
+    assert_eq!((attempt.tests_passed, attempt.tests_total), (0, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_attempts_of_three_jobs_finish_through_a_burst_of_429s() {
+    let server = OpenAiServer::start().await;
+    // The first 90 requests: every third is refused with `Retry-After: 1`; then the API copes.
+    server.respond_with(|request, n| {
+        if n < 90 && n % 3 == 0 {
+            Scripted::rate_limited(Some(1))
+        } else if n % 7 == 1 && n < 90 {
+            Scripted::json(
+                500,
+                json!({"error": {"message": "upstream hiccup", "type": "server_error"}}),
+            )
+        } else {
+            solver(request, n)
+        }
+    });
+    let h = terminus_harness(
+        &server,
+        &[
+            ("MODEL_CONCURRENCY_INITIAL", "8"),
+            ("MAX_CONCURRENT_JOBS", "3"),
+        ],
+    )
+    .await;
+    let limit = h
+        .app
+        .model
+        .as_ref()
+        .and_then(|m| m.limit())
+        .cloned()
+        .expect("an adaptive limit");
+    let dir = tempfile::tempdir().unwrap();
+    let task = hello_world_with_tmux(dir.path());
+    let mut jobs = Vec::new();
+    for _ in 0..3 {
+        jobs.push(submit::submit(&h.app, &task, 10, None).await.unwrap().id);
+    }
+    // The adaptive limit's trajectory: its value each time it changed.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(vec![limit.limit()]));
+    let sampler = {
+        let (limit, seen) = (limit.clone(), seen.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let now = limit.limit();
+                let mut seen = seen.lock().unwrap();
+                if seen.last() != Some(&now) {
+                    seen.push(now);
+                }
+            }
+        })
+    };
+    let (stop, worker) = h.start_worker();
+    for id in &jobs {
+        let done = h.wait_final(*id, Duration::from_secs(600)).await;
+        assert_eq!(
+            done.status,
+            JobStatus::Completed,
+            "{:?}",
+            done.error_message
+        );
+        assert_eq!(done.runs_completed, 10);
+        let attempts = db::attempts_of(&h.db, *id).await.unwrap();
+        let failed: Vec<_> = attempts
+            .iter()
+            .filter(|a| a.status != AttemptStatus::Success)
+            .map(|a| a.metadata.clone())
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "every attempt succeeds despite the refusals: {failed:?}"
+        );
+    }
+    stop.cancel();
+    worker.await.unwrap();
+    sampler.abort();
+    let trajectory = seen.lock().unwrap().clone();
+    let requests = server.requests();
+    let refused = (0..requests.len().min(90)).filter(|n| n % 3 == 0).count();
+    println!(
+        "{} requests, {refused} answered 429; adaptive limit trajectory: {trajectory:?}",
+        requests.len()
+    );
+    let lowest = *trajectory.iter().min().unwrap();
+    assert!(
+        lowest < 8,
+        "the limit shrank under the 429s: {trajectory:?}"
+    );
+    assert!(
+        *trajectory.last().unwrap() > lowest,
+        "the limit grew back once the API coped: {trajectory:?}"
+    );
+    assert!(refused > 0);
+    assert!(
+        requests.len() >= 90,
+        "every attempt's three calls plus the refused ones"
+    );
+}
