@@ -469,3 +469,65 @@ async fn ten_attempts_of_three_jobs_finish_through_a_burst_of_429s() {
         "every attempt's three calls plus the refused ones"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_appears_in_no_log_line_and_no_artifact_of_a_debug_run() {
+    let server = OpenAiServer::start().await;
+    server.respond_with(solver);
+    let dir = tempfile::tempdir().unwrap();
+    let task = hello_world_with_tmux(dir.path());
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    // `run` on the embedded default, logging everything at debug level, as an operator chasing a problem would.
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_terminal-bench-worker"));
+    cmd.env_clear().current_dir(&work);
+    for var in ["PATH", "HOME", "DOCKER_HOST"] {
+        if let Some(v) = std::env::var_os(var) {
+            cmd.env(var, v);
+        }
+    }
+    let output = cmd
+        .env("WORKER_WORK_DIR", &work)
+        .env("OPENAI_API_KEY", API_KEY)
+        .env("OPENAI_BASE_URL", server.base_url())
+        .env("HARBOR_MODEL", "scripted-model")
+        .env("LOG_LEVEL", "debug")
+        .args(["run", task.to_str().unwrap(), "--agent", "terminus-2"])
+        .output()
+        .await
+        .unwrap();
+    let logs = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "run failed:\n{logs}");
+    assert!(logs.contains("1 of 1 attempts succeeded"), "{logs}");
+    assert!(logs.lines().count() > 20, "debug logging was on:\n{logs}");
+    assert!(
+        !logs.contains(&API_KEY[..12]),
+        "the key appeared in the logs"
+    );
+    // Every file the run left behind: the SQLite database, the uploaded trial folder, scratch space.
+    let mut files = 0;
+    for entry in walkdir::WalkDir::new(&work)
+        .into_iter()
+        .filter_map(Result::ok)
+    {
+        if entry.file_type().is_file() {
+            files += 1;
+            let bytes = std::fs::read(entry.path()).unwrap();
+            let needle = &API_KEY.as_bytes()[..12];
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "the key leaked into {}",
+                entry.path().display()
+            );
+        }
+    }
+    assert!(
+        files >= 5,
+        "the trial folder and the database were written ({files} files)"
+    );
+    assert_eq!(server.requests().len(), 3);
+}
