@@ -192,3 +192,97 @@ async fn each_attempt_is_a_trace_with_its_phases_and_no_secrets() {
     let text = String::from_utf8_lossy(&r.raw);
     assert!(!text.contains(&secret), "a secret reached the traces");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminus_attempt_has_a_span_per_turn_with_its_model_call_and_commands() {
+    use common::openai::OpenAiServer;
+    use common::terminus::{hello_world_with_tmux, solver};
+    let server = OpenAiServer::start().await;
+    server.respond_with(solver);
+    let h = harness(&[]).await;
+    let (url, received) = receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let job = submit::submit(&h.app, &hello_world_with_tmux(dir.path()), 1, None)
+        .await
+        .unwrap();
+    let api_key = "sk-tbw-telemetry-Xc4Vb6Nm8Kj0";
+    let mut cmd = worker_command(&h, h.work.path());
+    cmd.env("WORKER_POLL_INTERVAL_MS", "500")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &url)
+        .env("OPENAI_API_KEY", api_key)
+        .env("OPENAI_BASE_URL", server.base_url());
+    let mut child = cmd
+        .arg("worker")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let done = h.wait_final(job.id, Duration::from_secs(300)).await;
+    assert_eq!(
+        done.status,
+        JobStatus::Completed,
+        "{:?}",
+        done.error_message
+    );
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+
+    let r = received.lock().unwrap();
+    let job_id = job.id.to_string();
+    let attempt = r
+        .spans
+        .iter()
+        .find(|s| s.name == "attempt" && attr(s, "job").as_deref() == Some(&job_id))
+        .expect("attempt span");
+    let in_trace = |name: &str| -> Vec<&Span> {
+        r.spans
+            .iter()
+            .filter(|s| s.trace_id == attempt.trace_id && s.name == name)
+            .collect()
+    };
+    let agent = in_trace("agent");
+    assert_eq!(agent.len(), 1);
+    assert_eq!(attr(agent[0], "agent").as_deref(), Some("terminus-2"));
+    let turns = in_trace("turn");
+    assert_eq!(turns.len(), 3, "work, complete, confirm");
+    for turn in &turns {
+        assert_eq!(
+            turn.parent_span_id, agent[0].span_id,
+            "turns are children of the agent phase"
+        );
+        let children: Vec<&Span> = r
+            .spans
+            .iter()
+            .filter(|s| s.parent_span_id == turn.span_id)
+            .collect();
+        let model = children
+            .iter()
+            .find(|s| s.name == "model")
+            .expect("a model span per turn");
+        assert_eq!(attr(model, "prompt_tokens").as_deref(), Some("100"));
+        assert_eq!(attr(model, "completion_tokens").as_deref(), Some("10"));
+        assert!(
+            children.iter().any(|s| s.name == "commands"),
+            "a commands span per turn"
+        );
+    }
+    println!(
+        "terminus attempt: {} turns, turn durations {:?} ms",
+        turns.len(),
+        turns
+            .iter()
+            .map(|t| (t.end_time_unix_nano - t.start_time_unix_nano) / 1_000_000)
+            .collect::<Vec<_>>()
+    );
+    let text = String::from_utf8_lossy(&r.raw);
+    assert!(
+        !text.contains(&api_key[..12]),
+        "the API key reached the traces"
+    );
+}

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod openai;
+pub mod terminus;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
