@@ -95,26 +95,28 @@ fn attr(span: &Span, key: &str) -> Option<String> {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_attempt_is_a_trace_with_its_phases_and_no_secrets() {
-    let h = harness(&[]).await;
-    let (url, received) = receiver().await;
-    let job = submit::submit(&h.app, &example("hello-world"), 2, None)
-        .await
-        .unwrap();
-
-    let mut cmd = worker_command(&h, h.work.path());
+/// Run a worker process exporting to `url` (with `extra` settings) until `job` ends, then stop it gracefully, which
+/// flushes the exporter.
+async fn run_worker_exporting(h: &Harness, url: &str, extra: &[(&str, &str)], job: uuid::Uuid) {
+    let mut cmd = worker_command(h, h.work.path());
     cmd.env("WORKER_POLL_INTERVAL_MS", "500")
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &url);
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", url);
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
     let mut child = cmd
         .arg("worker")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let done = h.wait_final(job.id, Duration::from_secs(120)).await;
-    assert_eq!(done.status, JobStatus::Completed);
-    // A graceful stop flushes the exporter.
+    let done = h.wait_final(job, Duration::from_secs(300)).await;
+    assert_eq!(
+        done.status,
+        JobStatus::Completed,
+        "{:?}",
+        done.error_message
+    );
     assert!(
         Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
@@ -123,6 +125,16 @@ async fn each_attempt_is_a_trace_with_its_phases_and_no_secrets() {
             .success()
     );
     assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_attempt_is_a_trace_with_its_phases_and_no_secrets() {
+    let h = harness(&[]).await;
+    let (url, received) = receiver().await;
+    let job = submit::submit(&h.app, &example("hello-world"), 2, None)
+        .await
+        .unwrap();
+    run_worker_exporting(&h, &url, &[], job.id).await;
 
     let r = received.lock().unwrap();
     assert!(r.services.iter().all(|s| s == "terminal-bench-worker") && !r.services.is_empty());
@@ -206,32 +218,12 @@ async fn a_terminus_attempt_has_a_span_per_turn_with_its_model_call_and_commands
         .await
         .unwrap();
     let api_key = "sk-tbw-telemetry-Xc4Vb6Nm8Kj0";
-    let mut cmd = worker_command(&h, h.work.path());
-    cmd.env("WORKER_POLL_INTERVAL_MS", "500")
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &url)
-        .env("OPENAI_API_KEY", api_key)
-        .env("OPENAI_BASE_URL", server.base_url());
-    let mut child = cmd
-        .arg("worker")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let done = h.wait_final(job.id, Duration::from_secs(300)).await;
-    assert_eq!(
-        done.status,
-        JobStatus::Completed,
-        "{:?}",
-        done.error_message
-    );
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let base_url = server.base_url();
+    let extra = [
+        ("OPENAI_API_KEY", api_key),
+        ("OPENAI_BASE_URL", base_url.as_str()),
+    ];
+    run_worker_exporting(&h, &url, &extra, job.id).await;
 
     let r = received.lock().unwrap();
     let job_id = job.id.to_string();

@@ -17,6 +17,20 @@ use terminal_bench_worker::{db, submit};
 /// A key only these tests know; it must appear nowhere but in the requests to the scripted API.
 const API_KEY: &str = "sk-tbw-e2e-Zq8vW3nR5tY7uI9oP1aS";
 
+/// Submit `task` for one run with `metadata`, run the worker until the job ends, and return the job and its attempt.
+async fn run_once(
+    h: &Harness,
+    task: &Path,
+    metadata: Value,
+) -> (entity::job::Model, entity::attempt::Model) {
+    let job = submit::submit_with_metadata(&h.app, task, 1, None, metadata)
+        .await
+        .unwrap();
+    let done = h.run_until_final(job.id, Duration::from_secs(300)).await;
+    let attempt = db::attempts_of(&h.db, job.id).await.unwrap().pop();
+    (done, attempt.expect("the job has its attempt"))
+}
+
 async fn terminus_harness(server: &OpenAiServer, extra: &[(&str, &str)]) -> Harness {
     let base_url = server.base_url();
     let mut vars = vec![
@@ -34,18 +48,8 @@ async fn terminus_solves_hello_world_from_scripted_replies() {
     server.respond_with(solver);
     let h = terminus_harness(&server, &[]).await;
     let dir = tempfile::tempdir().unwrap();
-    let job = submit::submit(&h.app, &hello_world_with_tmux(dir.path()), 1, None)
-        .await
-        .unwrap();
-    let done = h.run_until_final(job.id, Duration::from_secs(300)).await;
-    assert_eq!(
-        done.status,
-        JobStatus::Completed,
-        "{:?}",
-        done.error_message
-    );
-
-    let attempt = db::attempts_of(&h.db, job.id).await.unwrap().remove(0);
+    let (job, attempt) = run_once(&h, &hello_world_with_tmux(dir.path()), json!({})).await;
+    assert_eq!(job.status, JobStatus::Completed, "{:?}", job.error_message);
     assert_eq!(
         attempt.status,
         AttemptStatus::Success,
@@ -156,17 +160,8 @@ async fn a_job_asking_for_the_oracle_runs_the_oracle_on_a_worker_with_a_key() {
     server.respond_with(solver);
     let h = terminus_harness(&server, &[]).await;
     let metadata = submit::job_metadata(Some("oracle"), None).unwrap();
-    let job = submit::submit_with_metadata(&h.app, &example("hello-world"), 1, None, metadata)
-        .await
-        .unwrap();
-    let done = h.run_until_final(job.id, Duration::from_secs(120)).await;
-    assert_eq!(
-        done.status,
-        JobStatus::Completed,
-        "{:?}",
-        done.error_message
-    );
-    let attempt = db::attempts_of(&h.db, job.id).await.unwrap().remove(0);
+    let (job, attempt) = run_once(&h, &example("hello-world"), metadata).await;
+    assert_eq!(job.status, JobStatus::Completed, "{:?}", job.error_message);
     assert_eq!(attempt.metadata.unwrap()["agent"], "oracle");
     assert!(server.requests().is_empty(), "the oracle calls no model");
 }
@@ -180,6 +175,10 @@ async fn terminus_on_a_worker_without_a_key_fails_the_job_with_a_sentence() {
         .unwrap();
     let done = h.run_until_final(job.id, Duration::from_secs(60)).await;
     assert_eq!(done.status, JobStatus::Failed);
+    assert!(
+        db::attempts_of(&h.db, job.id).await.unwrap().is_empty(),
+        "no attempt started"
+    );
     let message = done.error_message.unwrap();
     assert!(
         message.contains("Terminus 2") && message.contains("OPENAI_API_KEY"),
@@ -223,17 +222,8 @@ async fn a_command_that_never_returns_is_interrupted_by_c_c_and_the_next_turn_ha
     });
     let h = terminus_harness(&server, &[]).await;
     let dir = tempfile::tempdir().unwrap();
-    let job = submit::submit(&h.app, &hello_world_with_tmux(dir.path()), 1, None)
-        .await
-        .unwrap();
-    let done = h.run_until_final(job.id, Duration::from_secs(300)).await;
-    assert_eq!(
-        done.status,
-        JobStatus::Completed,
-        "{:?}",
-        done.error_message
-    );
-    let attempt = db::attempts_of(&h.db, job.id).await.unwrap().remove(0);
+    let (job, attempt) = run_once(&h, &hello_world_with_tmux(dir.path()), json!({})).await;
+    assert_eq!(job.status, JobStatus::Completed, "{:?}", job.error_message);
     assert_eq!(
         attempt.status,
         AttemptStatus::Success,
@@ -264,17 +254,13 @@ async fn the_agent_timeout_stops_terminus_and_the_tests_still_run() {
     });
     let h = terminus_harness(&server, &[]).await;
     let dir = tempfile::tempdir().unwrap();
-    let job = submit::submit(&h.app, &hello_world_limited(dir.path(), 5), 1, None)
-        .await
-        .unwrap();
-    let done = h.run_until_final(job.id, Duration::from_secs(300)).await;
+    let (job, attempt) = run_once(&h, &hello_world_limited(dir.path(), 5), json!({})).await;
     assert_eq!(
-        done.status,
+        job.status,
         JobStatus::Completed,
         "the job ends normally: {:?}",
-        done.error_message
+        job.error_message
     );
-    let attempt = db::attempts_of(&h.db, job.id).await.unwrap().remove(0);
     assert_eq!(attempt.status, AttemptStatus::Failed);
     let meta = attempt.metadata.unwrap();
     assert_eq!(meta["errorType"], "TimeoutError", "{meta}");
@@ -299,11 +285,7 @@ async fn the_turn_limit_ends_the_agent_and_the_tests_decide() {
     });
     let h = terminus_harness(&server, &[("TERMINUS_MAX_TURNS", "2")]).await;
     let dir = tempfile::tempdir().unwrap();
-    let job = submit::submit(&h.app, &hello_world_with_tmux(dir.path()), 1, None)
-        .await
-        .unwrap();
-    h.run_until_final(job.id, Duration::from_secs(300)).await;
-    let attempt = db::attempts_of(&h.db, job.id).await.unwrap().remove(0);
+    let (_, attempt) = run_once(&h, &hello_world_with_tmux(dir.path()), json!({})).await;
     assert_eq!(server.requests().len(), 2, "two turns, no more");
     assert_eq!(db::episodes_of(&h.db, attempt.id).await.unwrap().len(), 2);
     assert_eq!(
