@@ -80,6 +80,9 @@ pub struct TerminusConfig {
     pub request_timeout: Duration,
     /// `TERMINUS_SETUP_TIMEOUT_MS` (180000): installing and starting tmux in the attempt's container.
     pub setup_timeout: Duration,
+    /// `MODEL_INPUT_USD_PER_MTOK` and `MODEL_OUTPUT_USD_PER_MTOK` (unset): prices per million prompt and completion
+    /// tokens, so attempts record what their model calls cost. Both or neither.
+    pub prices: Option<(f64, f64)>,
 }
 
 /// Log output format.
@@ -321,7 +324,31 @@ impl Config {
                 "a whole number of milliseconds (at least 1000)",
                 |v| *v >= 1000,
             );
+            let price = |r: &mut Reader<'_>, name: &str| {
+                r.string(name).map(|_| {
+                    r.parsed(
+                        name,
+                        0.0f64,
+                        "a price in US dollars per million tokens",
+                        |v| v.is_finite() && *v >= 0.0,
+                    )
+                })
+            };
+            let prices = match (
+                price(&mut r, "MODEL_INPUT_USD_PER_MTOK"),
+                price(&mut r, "MODEL_OUTPUT_USD_PER_MTOK"),
+            ) {
+                (Some(input), Some(output)) => Some((input, output)),
+                (None, None) => None,
+                _ => {
+                    r.problems.push(
+                        "MODEL_INPUT_USD_PER_MTOK and MODEL_OUTPUT_USD_PER_MTOK must be set together".into(),
+                    );
+                    None
+                }
+            };
             TerminusConfig {
+                prices,
                 temperature,
                 max_turns,
                 reasoning_effort,

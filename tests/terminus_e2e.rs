@@ -46,7 +46,11 @@ async fn terminus_harness(server: &OpenAiServer, extra: &[(&str, &str)]) -> Harn
 async fn terminus_solves_hello_world_from_scripted_replies() {
     let server = OpenAiServer::start().await;
     server.respond_with(solver);
-    let h = terminus_harness(&server, &[]).await;
+    let prices = [
+        ("MODEL_INPUT_USD_PER_MTOK", "2.5"),
+        ("MODEL_OUTPUT_USD_PER_MTOK", "10"),
+    ];
+    let h = terminus_harness(&server, &prices).await;
     let dir = tempfile::tempdir().unwrap();
     let (job, attempt) = run_once(&h, &hello_world_with_tmux(dir.path()), json!({})).await;
     assert_eq!(job.status, JobStatus::Completed, "{:?}", job.error_message);
@@ -65,6 +69,9 @@ async fn terminus_solves_hello_world_from_scripted_replies() {
         "three calls of 100 prompt tokens"
     );
     assert_eq!(meta["tokens"]["completion"], 30);
+    // 300 prompt tokens at $2.5 and 30 completion tokens at $10 per million.
+    let cost = meta["tokens"]["costUsd"].as_f64().unwrap();
+    assert!((cost - 0.00105).abs() < 1e-12, "{cost}");
 
     // One episode per turn, holding the real terminal output.
     let episodes = db::episodes_of(&h.db, attempt.id).await.unwrap();
@@ -97,6 +104,7 @@ async fn terminus_solves_hello_world_from_scripted_replies() {
     assert_eq!(result["agent_info"]["name"], "terminus-2");
     assert_eq!(result["agent_info"]["model_info"]["name"], "scripted-model");
     assert_eq!(result["agent_result"]["n_input_tokens"], 300);
+    assert_eq!(result["agent_result"]["cost_usd"].as_f64(), Some(cost));
     let trajectory: Value = serde_json::from_str(
         &h.object_text(&format!("{prefix}agent/trajectory.json"))
             .await,
@@ -126,6 +134,10 @@ async fn terminus_solves_hello_world_from_scripted_replies() {
             .is_some_and(|c| c.contains("Hello, world!"))
     }));
     assert_eq!(trajectory["final_metrics"]["total_prompt_tokens"], 300);
+    assert_eq!(
+        trajectory["final_metrics"]["total_cost_usd"].as_f64(),
+        Some(cost)
+    );
 
     // The key went to the API, and nowhere else.
     let requests = server.requests();

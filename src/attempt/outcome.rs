@@ -119,7 +119,7 @@ pub struct AttemptOutcome {
 }
 
 /// Tokens an attempt's model calls used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct TokenUsage {
     /// Tokens sent (prompts).
     pub prompt_tokens: u64,
@@ -127,6 +127,19 @@ pub struct TokenUsage {
     pub completion_tokens: u64,
     /// Turns the agent took.
     pub turns: u32,
+    /// What the calls cost, when the operator configured the model's prices.
+    pub cost_usd: Option<f64>,
+}
+
+impl TokenUsage {
+    /// The cost of these tokens at `(input, output)` US dollars per million tokens.
+    pub fn priced(mut self, prices: Option<(f64, f64)>) -> Self {
+        self.cost_usd = prices.map(|(input, output)| {
+            (self.prompt_tokens as f64 * input + self.completion_tokens as f64 * output)
+                / 1_000_000.0
+        });
+        self
+    }
 }
 
 /// Longest preview kept in the attempt's metadata.
@@ -241,7 +254,12 @@ impl AttemptOutcome {
         if let Some(usage) = &self.usage {
             m.insert(
                 "tokens".into(),
-                json!({"prompt": usage.prompt_tokens, "completion": usage.completion_tokens, "turns": usage.turns}),
+                json!({
+                    "prompt": usage.prompt_tokens,
+                    "completion": usage.completion_tokens,
+                    "turns": usage.turns,
+                    "costUsd": usage.cost_usd,
+                }),
             );
         }
         if self.agent_timed_out {

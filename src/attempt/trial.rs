@@ -37,6 +37,7 @@ pub fn result_json(ctx: &AttemptContext, out: &AttemptOutcome) -> serde_json::Va
             "n_input_tokens": u.prompt_tokens,
             "n_output_tokens": u.completion_tokens,
             "n_turns": u.turns,
+            "cost_usd": u.cost_usd,
         })),
         "environment": { "image": ctx.image.reference, "runtime": ctx.runtime.describe(), "container_id": out.container_id },
         "verifier_result": {

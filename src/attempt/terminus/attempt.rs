@@ -48,12 +48,23 @@ pub async fn run(
         deadline,
     )
     .await;
-    out.usage = Some(TokenUsage {
+    let usage = TokenUsage {
         prompt_tokens: report.prompt_tokens,
         completion_tokens: report.completion_tokens,
         turns: report.turns,
-    });
-    out.trajectory = Some(report.trajectory);
+        cost_usd: None,
+    }
+    .priced(ctx.terminus.prices);
+    out.usage = Some(usage);
+    let mut trajectory = report.trajectory;
+    if let Some(cost) = usage.cost_usd
+        && let Some(totals) = trajectory
+            .get_mut("final_metrics")
+            .and_then(|m| m.as_object_mut())
+    {
+        totals.insert("total_cost_usd".into(), cost.into());
+    }
+    out.trajectory = Some(trajectory);
     if let Some(last) = report.episodes.last()
         && let Some(output) = last
             .commands
