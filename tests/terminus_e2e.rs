@@ -75,6 +75,17 @@ async fn terminus_solves_hello_world_from_scripted_replies() {
 
     // One episode per turn, holding the real terminal output.
     let episodes = db::episodes_of(&h.db, attempt.id).await.unwrap();
+    for e in &episodes {
+        println!(
+            "episode {}: analysis {:?}, plan {:?}, {} ms, metadata {}\n  commands {}",
+            e.index,
+            e.state_analysis,
+            e.explanation,
+            e.duration_ms.unwrap_or_default(),
+            e.metadata.clone().unwrap_or_default(),
+            serde_json::to_string_pretty(&e.commands).unwrap()
+        );
+    }
     assert_eq!(episodes.len(), 3, "work, complete, confirm");
     assert_eq!(
         episodes[0].state_analysis,
