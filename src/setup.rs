@@ -159,7 +159,7 @@ pub fn model_client(openai: &OpenAiConfig, terminus: &TerminusConfig) -> eyre::R
         .map_err(|e| eyre!("could not set up the model API client: {e}"))
 }
 
-fn redact_db_error(e: &sea_orm::DbErr) -> String {
+pub(crate) fn redact_db_error(e: &dyn std::fmt::Display) -> String {
     // sqlx errors do not echo the URL, but strip anything that looks like credentials to be sure.
     let text = e.to_string();
     match (text.find("://"), text.find('@')) {
