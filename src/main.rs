@@ -364,9 +364,12 @@ async fn print_fleet(config: &Config, json: bool) -> eyre::Result<i32> {
         eprintln!("error: {}", fleet::FleetError::NotPostgres);
         return Ok(2);
     };
-    let conn = db::connect(url.expose())
-        .await
-        .map_err(|_| eyre!("cannot connect to the database (DATABASE_URL)"))?;
+    let conn = db::connect(url.expose()).await.map_err(|e| {
+        eyre!(
+            "cannot connect to the database: {}",
+            setup::redact_db_error(&e)
+        )
+    })?;
     let fleet = fleet::read(&conn, config.lease).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&fleet)?);
