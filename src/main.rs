@@ -17,7 +17,7 @@ use terminal_bench_worker::app::App;
 use terminal_bench_worker::config::Config;
 use terminal_bench_worker::runtime::NoRuntime;
 use terminal_bench_worker::setup::{self, Mode};
-use terminal_bench_worker::{db, poller, report, submit, telemetry};
+use terminal_bench_worker::{db, fleet, health, poller, report, submit, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -70,10 +70,22 @@ enum Command {
         #[arg(long)]
         model: Option<String>,
     },
-    /// Show recent jobs, or one job with its attempts.
+    /// Show recent jobs, or one job with its attempts, or (`--fleet`) every worker sharing the database.
     Status {
         /// Job id.
         job: Option<Uuid>,
+        /// Workers (heartbeats, jobs held), running and queued jobs per owner, and the last hour's failures.
+        #[arg(long, conflicts_with = "job")]
+        fleet: bool,
+        /// With --fleet: one JSON document instead of tables.
+        #[arg(long, requires = "fleet")]
+        json: bool,
+    },
+    /// Check the database, the artifact store and Docker; exit 1 when one is unreachable (the image's HEALTHCHECK).
+    Health {
+        /// Seconds each check may take.
+        #[arg(long, default_value_t = health::DEFAULT_TIMEOUT.as_secs())]
+        timeout_secs: u64,
     },
     /// Cancel a job the way the platform does (a running worker stops its attempts within about a second).
     Cancel {
@@ -161,7 +173,15 @@ async fn dispatch(command: Command, config: Config) -> eyre::Result<i32> {
             let metadata = submit::job_metadata(agent.as_deref(), model.as_deref())?;
             run(config, path, runs, metadata).await
         }
-        Command::Status { job } => {
+        Command::Status {
+            fleet: true, json, ..
+        } => print_fleet(&config, json).await,
+        Command::Health { timeout_secs } => {
+            let report = health::check(&config, Duration::from_secs(timeout_secs)).await;
+            print!("{}", report.render());
+            Ok(if report.healthy() { 0 } else { 1 })
+        }
+        Command::Status { job, .. } => {
             let app = setup::app(&config, Mode::Embedded).await?;
             match job {
                 Some(id) => print_job(&app, id).await?,
@@ -333,4 +353,28 @@ async fn print_job(app: &App, id: Uuid) -> eyre::Result<()> {
     let attempts = db::attempts_of(&app.db, id).await?;
     print!("{}", report::job_report(&job, &attempts));
     Ok(())
+}
+
+async fn print_fleet(config: &Config, json: bool) -> eyre::Result<i32> {
+    let Some(url) = config
+        .database_url
+        .as_ref()
+        .filter(|u| !u.expose().starts_with("sqlite:"))
+    else {
+        eprintln!("error: {}", fleet::FleetError::NotPostgres);
+        return Ok(2);
+    };
+    let conn = db::connect(url.expose()).await.map_err(|e| {
+        eyre!(
+            "cannot connect to the database: {}",
+            setup::redact_db_error(&e)
+        )
+    })?;
+    let fleet = fleet::read(&conn, config.lease).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&fleet)?);
+    } else {
+        print!("{}", report::fleet_report(&fleet));
+    }
+    Ok(0)
 }

@@ -1,10 +1,13 @@
-//! The tables the CLI prints: the recent jobs of `status`, and one job with its attempts (the results table of `run`
-//! and of `status JOB`). Plain text, one row per line, so they read the same in a terminal and in a log.
+//! The tables the CLI prints: the recent jobs of `status`, one job with its attempts (the results table of `run`
+//! and of `status JOB`), and the workers sharing the database (`status --fleet`). Plain text, one row per line, so
+//! they read the same in a terminal and in a log.
 
 use std::fmt::Write;
 
 use entity::attempt::{self, AttemptStatus};
 use entity::job;
+
+use crate::fleet::{Fleet, WorkerState};
 
 /// Longest attempt error shown in the `note` column, in characters.
 const NOTE_CHARS: usize = 70;
@@ -87,6 +90,132 @@ pub fn job_report(job: &job::Model, attempts: &[attempt::Model]) -> String {
         let _ = writeln!(out, "artifacts: {root}/");
     }
     out
+}
+
+/// `status --fleet`: a row per worker (its held jobs beneath it), running and queued jobs per owner, and the last
+/// hour's failures.
+pub fn fleet_report(fleet: &Fleet) -> String {
+    let mut out = format!("workers ({})\n", fleet.workers.len());
+    if fleet.workers.is_empty() {
+        out.push_str("  none in the last hour\n");
+    } else {
+        let host_width = fleet
+            .workers
+            .iter()
+            .map(|w| w.hostname.chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(4);
+        let _ = writeln!(
+            out,
+            "  {:<host_width$}  {:>7}  {:<8}  {:<7}  {:>9}  {:<19}  jobs",
+            "host", "pid", "version", "state", "heartbeat", "started"
+        );
+        for w in &fleet.workers {
+            let state = match w.state {
+                WorkerState::Alive => "alive",
+                WorkerState::Silent => "silent",
+                WorkerState::Stopped => "stopped",
+            };
+            let _ = writeln!(
+                out,
+                "  {:<host_width$}  {:>7}  {:<8}  {:<7}  {:>9}  {:<19}  {}",
+                w.hostname,
+                w.pid,
+                w.version,
+                state,
+                format!("{} ago", age(w.heartbeat_age_secs)),
+                w.started_at.format("%Y-%m-%d %H:%M:%S"),
+                w.jobs.len()
+            );
+            for j in &w.jobs {
+                let _ = writeln!(out, "    holds {} {}", j.job_id, j.task_name);
+            }
+        }
+    }
+
+    let _ = writeln!(out, "\njobs by owner");
+    if fleet.owners.is_empty() {
+        out.push_str("  none running or queued\n");
+    } else {
+        let names: Vec<String> = fleet
+            .owners
+            .iter()
+            .map(|o| match (&o.email, o.owner_id) {
+                (Some(email), _) => email.clone(),
+                (None, Some(id)) => id.to_string(),
+                (None, None) => "(no owner)".to_string(),
+            })
+            .collect();
+        let width = names
+            .iter()
+            .map(|n| n.chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(5);
+        let _ = writeln!(
+            out,
+            "  {:<width$}  {:>7}  {:>6}",
+            "owner", "running", "queued"
+        );
+        for (o, name) in fleet.owners.iter().zip(&names) {
+            let _ = writeln!(out, "  {name:<width$}  {:>7}  {:>6}", o.running, o.queued);
+        }
+    }
+
+    let f = &fleet.failures;
+    let mut types: Vec<(&String, &i64)> = f.attempts_by_error_type.iter().collect();
+    types.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    let attempts = if types.is_empty() {
+        "none".to_string()
+    } else {
+        types
+            .iter()
+            .map(|(t, n)| format!("{t} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let _ = writeln!(
+        out,
+        "\nfailures in the last {} min: {} job{}; failed attempts: {attempts}",
+        f.window_secs / 60,
+        f.jobs_total,
+        if f.jobs_total == 1 { "" } else { "s" }
+    );
+    for j in &f.jobs {
+        let message: String = j
+            .error_message
+            .as_deref()
+            .unwrap_or("")
+            .lines()
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take(NOTE_CHARS)
+            .collect();
+        let _ = writeln!(
+            out,
+            "  {}  {}  {}  {message}",
+            j.failed_at.format("%H:%M:%S"),
+            j.job_id,
+            j.task_name
+        );
+    }
+    let more = f.jobs_total - i64::try_from(f.jobs.len()).unwrap_or(i64::MAX);
+    if more > 0 {
+        let _ = writeln!(out, "  … and {more} more");
+    }
+    out
+}
+
+/// `42 s`, `3 min`, `5 h`.
+fn age(secs: f64) -> String {
+    let secs = secs.max(0.0).round() as u64;
+    match secs {
+        0..120 => format!("{secs} s"),
+        120..7200 => format!("{} min", secs / 60),
+        _ => format!("{} h", secs / 3600),
+    }
 }
 
 fn duration(a: &attempt::Model) -> String {

@@ -159,7 +159,8 @@ pub fn model_client(openai: &OpenAiConfig, terminus: &TerminusConfig) -> eyre::R
         .map_err(|e| eyre!("could not set up the model API client: {e}"))
 }
 
-fn redact_db_error(e: &sea_orm::DbErr) -> String {
+/// A database error's text with anything that looks like URL credentials removed, for messages and `health`.
+pub fn redact_db_error(e: &dyn std::fmt::Display) -> String {
     // sqlx errors do not echo the URL, but strip anything that looks like credentials to be sure.
     let text = e.to_string();
     match (text.find("://"), text.find('@')) {
