@@ -25,6 +25,7 @@ pub mod fence;
 pub mod fmt;
 pub mod job;
 pub mod listener;
+pub mod logs;
 pub mod paths;
 pub mod pipeline;
 pub mod poller;
