@@ -22,7 +22,7 @@ use uuid::Uuid;
 use crate::app::App;
 use crate::claims;
 use crate::db;
-use crate::fmt::humanize;
+use crate::fmt::{chain, humanize};
 use crate::listener;
 use crate::pipeline::{self, AttemptFanout, JobPipeline, JobRequest, NotQueued, ShuttingDown};
 use crate::stop::StopReason;
@@ -98,7 +98,7 @@ impl Poller {
         let (task, result) = match done {
             Ok(pair) => pair,
             Err(e) => {
-                tracing::error!(error = %e, "a job task crashed");
+                tracing::error!(error = %chain(&e), "a job task crashed");
                 (e.id(), Err("crashed".into()))
             }
         };
@@ -117,7 +117,7 @@ impl Poller {
             // The run goes on briefly in its own task: it stops the attempts and records the timeout itself.
             tracing::warn!(job = %id, limit = %humanize(self.app.config.job_timeout), "the job ran past its time limit");
         } else {
-            tracing::error!(job = %id, error = %e, "the job's run ended with an error");
+            tracing::error!(job = %id, error = %chain(&*e), "the job's run ended with an error");
         }
         true
     }
@@ -239,7 +239,7 @@ pub async fn run(app: App, shutdown: CancellationToken, grace: Duration) -> Resu
     let mut poller = Poller::new(app.clone());
     loop {
         if let Err(e) = poller.poll_once().await {
-            tracing::warn!(error = %e, "polling for jobs failed; will retry");
+            tracing::warn!(error = %chain(&e), "polling for jobs failed; will retry");
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -282,7 +282,7 @@ async fn heartbeat(app: App, stop: CancellationToken) {
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "heartbeat failed; claims expire if this lasts longer than the lease");
+                tracing::warn!(error = %chain(&e), "heartbeat failed; claims expire if this lasts longer than the lease");
             }
         }
     }
@@ -309,7 +309,7 @@ async fn housekeeping(app: App, poke: Arc<Notify>, stop: CancellationToken) {
         {
             Ok(released) => released,
             Err(e) => {
-                tracing::warn!(error = %e, "could not release orphaned claims");
+                tracing::warn!(error = %chain(&e), "could not release orphaned claims");
                 Vec::new()
             }
         };
@@ -321,7 +321,7 @@ async fn housekeeping(app: App, poke: Arc<Notify>, stop: CancellationToken) {
         }
         match claims::rescue_expired(&app.db, co.max_rescues, co.worker_id).await {
             Ok(rescued) => taken_back.extend(rescued),
-            Err(e) => tracing::warn!(error = %e, "could not rescue expired claims"),
+            Err(e) => tracing::warn!(error = %chain(&e), "could not rescue expired claims"),
         }
         for r in &taken_back {
             if r.gave_up {
