@@ -49,12 +49,13 @@ module.exports = {
       min_uptime: 10000,
       // SIGINT first (the worker drains), SIGKILL only after the whole shutdown above.
       kill_timeout: killTimeoutMs,
+      // PostgreSQL's notices ("relation ... already exists, skipping" on every start) are not worth a line.
       env: {
-        LOG_LEVEL: process.env.LOG_LEVEL || "info",
+        LOG_LEVEL: process.env.LOG_LEVEL || "info,sqlx::postgres::notice=warn",
         RUST_BACKTRACE: "1",
       },
       env_production: {
-        LOG_LEVEL: process.env.LOG_LEVEL || "info",
+        LOG_LEVEL: process.env.LOG_LEVEL || "info,sqlx::postgres::notice=warn",
         RUST_BACKTRACE: "1",
       },
     },
