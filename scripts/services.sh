@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Start (or install, on a fresh machine) the real services the test suite talks to:
-# PostgreSQL, Docker Engine with an offline `debian:bookworm-slim` base image, and an
-# S3-compatible server (s3s-fs) on loopback. Idempotent: safe to run again and again;
+# PostgreSQL, Docker Engine with an offline `debian:bookworm-slim` base image, an
+# S3-compatible server (s3s-fs) on loopback, and pm2 (from npm). Idempotent: safe to run again and again;
 # a second run only checks that everything is up.
 #
 # At the end the test environment variables are printed and written to
@@ -18,6 +18,9 @@ S3_DATA_DIR=/var/tmp/tbw-s3
 S3_LOG=/var/tmp/tbw-s3.log
 S3S_VERSION=0.14.1
 ENV_FILE=/var/tmp/tbw-services.env
+# pm2 for tests/pm2.rs, from npm into a prefix of its own: no global state, no root needed.
+PM2_PREFIX=/var/tmp/tbw-npm
+PM2_BIN=$PM2_PREFIX/bin/pm2
 
 export PATH="$PATH:${HOME:-/root}/.cargo/bin:/usr/sbin:/sbin"
 
@@ -132,6 +135,17 @@ else
     step "S3: s3s-fs is listening"
 fi
 
+# --------------------------------------------------------------------------- pm2
+if [ -x "$PM2_BIN" ]; then
+    step "pm2: installed ($PM2_BIN)"
+else
+    command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+    step "pm2: installing from npm into $PM2_PREFIX"
+    # The machine's npm configuration (registry, proxy) applies.
+    npm install --global --prefix "$PM2_PREFIX" --no-fund --no-audit pm2
+    [ -x "$PM2_BIN" ] || die "pm2 is not at $PM2_BIN after npm install"
+fi
+
 # --------------------------------------------------------------------------- environment
 cat >"$ENV_FILE" <<EOF
 export TBW_TEST_DATABASE_URL=postgres://postgres@$PG_HOST:$PG_PORT/postgres
@@ -139,6 +153,7 @@ export TBW_TEST_S3_ENDPOINT=http://$S3_HOST:$S3_PORT
 export TBW_TEST_S3_ACCESS_KEY_ID=$S3_ACCESS_KEY
 export TBW_TEST_S3_SECRET_ACCESS_KEY=$S3_SECRET_KEY
 export TBW_TEST_S3_REGION=us-east-1
+export TBW_TEST_PM2=$PM2_BIN
 EOF
 step "Services ready. Test environment (also in $ENV_FILE):"
 sed 's/^/    /' "$ENV_FILE"

@@ -1,6 +1,7 @@
 //! Formatting for messages people read (job and attempt errors, logs). A leaf, so the poller and the attempts can
 //! both use it without importing each other.
 
+use std::error::Error;
 use std::time::Duration;
 
 /// "90 s", "30 min", "1 h 30 min".
@@ -14,11 +15,53 @@ pub fn humanize(d: Duration) -> String {
     }
 }
 
+/// An error with its causes, outermost first: "could not upload: connection refused". A cause whose text the message
+/// already ends with (an error that prints its source itself) is not repeated.
+pub fn chain(e: &dyn Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
-    use super::humanize;
+    use super::{chain, humanize};
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("could not upload")]
+        Upload(#[source] std::io::Error),
+        #[error("could not read: {0}")]
+        Read(#[source] std::io::Error),
+    }
+
+    #[test]
+    fn an_error_reads_with_its_causes_once() {
+        let io = || std::io::Error::other("connection refused");
+        assert_eq!(
+            chain(&Outer::Upload(io())),
+            "could not upload: connection refused"
+        );
+        assert_eq!(
+            chain(&Outer::Read(io())),
+            "could not read: connection refused"
+        );
+        let boxed: tower::BoxError = Box::new(Outer::Upload(io()));
+        assert_eq!(
+            chain(boxed.as_ref()),
+            "could not upload: connection refused"
+        );
+    }
 
     #[test]
     fn durations_read_in_the_largest_sensible_unit() {

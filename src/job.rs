@@ -156,7 +156,7 @@ impl App {
             },
             (None, Some(e)) => {
                 let message = sentence(&e.to_string());
-                tracing::warn!(job = %job_id, error = %message, "job failed");
+                tracing::warn!(job = %job_id, error = %crate::fmt::chain(&e), "job failed");
                 Finish::Failed {
                     message,
                     error_type: ErrorType::ExecutionError,

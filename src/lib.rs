@@ -27,6 +27,7 @@ pub mod fmt;
 pub mod health;
 pub mod job;
 pub mod listener;
+pub mod logs;
 pub mod paths;
 pub mod pipeline;
 pub mod poller;

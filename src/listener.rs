@@ -30,7 +30,7 @@ pub async fn run(app: App, url: String, poke: Arc<Notify>, shutdown: Cancellatio
                 l
             }
             Err(e) => {
-                tracing::warn!(error = %e, retry_ms = backoff.as_millis() as u64, "cannot listen for job notifications; polling meanwhile");
+                tracing::warn!(error = %crate::fmt::chain(&e), retry_ms = backoff.as_millis() as u64, "cannot listen for job notifications; polling meanwhile");
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}
@@ -51,7 +51,7 @@ pub async fn run(app: App, url: String, poke: Arc<Notify>, shutdown: Cancellatio
                     poke.notify_one();
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "listening for job notifications failed; reconnecting");
+                    tracing::warn!(error = %crate::fmt::chain(&e), "listening for job notifications failed; reconnecting");
                     break;
                 }
             }

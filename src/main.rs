@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use terminal_bench_worker::app::App;
 use terminal_bench_worker::config::Config;
+use terminal_bench_worker::logs::Streams;
 use terminal_bench_worker::runtime::NoRuntime;
 use terminal_bench_worker::setup::{self, Mode};
 use terminal_bench_worker::{db, fleet, health, poller, report, submit, telemetry};
@@ -108,10 +109,16 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    // `run` draws a progress bar: keep logs to warnings unless LOG_LEVEL says otherwise.
-    let quiet =
-        matches!(cli.command, Command::Run { .. }) && std::env::var_os("LOG_LEVEL").is_none();
-    let telemetry = telemetry::init(&config, quiet.then_some("warn"));
+    // Every command but the daemon prints its answer (or `run`'s progress and table) on stdout: its logs go to
+    // stderr, and only warnings unless LOG_LEVEL says otherwise (no migration chatter before `status`'s table).
+    let daemon = matches!(cli.command, Command::Worker { .. });
+    let quiet = !daemon && std::env::var_os("LOG_LEVEL").is_none();
+    let streams = if daemon {
+        Streams::Split
+    } else {
+        Streams::Stderr
+    };
+    let telemetry = telemetry::init(&config, quiet.then_some("warn"), streams);
     let code = match dispatch(cli.command, config).await {
         Ok(code) => code,
         Err(e) => {

@@ -22,7 +22,7 @@ use uuid::Uuid;
 use crate::app::App;
 use crate::claims;
 use crate::db;
-use crate::fmt::humanize;
+use crate::fmt::{chain, humanize};
 use crate::listener;
 use crate::pipeline::{self, AttemptFanout, JobPipeline, JobRequest, NotQueued, ShuttingDown};
 use crate::stop::StopReason;
@@ -33,6 +33,9 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Queued jobs read per poll.
 const POLL_BATCH: u64 = 500;
 
+/// How often an idle worker says it is alive (silence in a log reads like a hang).
+const IDLE_HEARTBEAT: Duration = Duration::from_secs(60);
+
 /// The poller's state: the pipeline and the jobs it holds.
 pub struct Poller {
     app: App,
@@ -41,6 +44,7 @@ pub struct Poller {
     held: HashSet<Uuid>,
     tasks: JoinSet<Result<(), BoxError>>,
     task_jobs: HashMap<tokio::task::Id, Uuid>,
+    queued: usize,
 }
 
 impl Poller {
@@ -58,6 +62,7 @@ impl Poller {
             held: HashSet::new(),
             tasks: JoinSet::new(),
             task_jobs: HashMap::new(),
+            queued: 0,
         }
     }
 
@@ -68,6 +73,7 @@ impl Poller {
         // As many of an owner's jobs as the pipeline can hold for one owner; more would only be refused.
         let per_owner = (config.max_active_jobs_per_user + config.max_queued_jobs_per_user) as u64;
         let queued = db::queued_jobs_fairly(&self.app.db, per_owner, POLL_BATCH).await?;
+        self.queued = queued.len();
         let mut offered = 0;
         for job in queued {
             if !self.held.insert(job.id) {
@@ -98,7 +104,7 @@ impl Poller {
         let (task, result) = match done {
             Ok(pair) => pair,
             Err(e) => {
-                tracing::error!(error = %e, "a job task crashed");
+                tracing::error!(error = %chain(&e), "a job task crashed");
                 (e.id(), Err("crashed".into()))
             }
         };
@@ -117,7 +123,7 @@ impl Poller {
             // The run goes on briefly in its own task: it stops the attempts and records the timeout itself.
             tracing::warn!(job = %id, limit = %humanize(self.app.config.job_timeout), "the job ran past its time limit");
         } else {
-            tracing::error!(job = %id, error = %e, "the job's run ended with an error");
+            tracing::error!(job = %id, error = %chain(&*e), "the job's run ended with an error");
         }
         true
     }
@@ -237,9 +243,20 @@ pub async fn run(app: App, shutdown: CancellationToken, grace: Duration) -> Resu
     }
     let interval = app.config.poll_interval;
     let mut poller = Poller::new(app.clone());
+    let mut last_said = tokio::time::Instant::now();
     loop {
         if let Err(e) = poller.poll_once().await {
-            tracing::warn!(error = %e, "polling for jobs failed; will retry");
+            tracing::warn!(error = %chain(&e), "polling for jobs failed; will retry");
+        }
+        if !poller.held.is_empty() {
+            last_said = tokio::time::Instant::now();
+        } else if last_said.elapsed() >= IDLE_HEARTBEAT {
+            tracing::info!(
+                "idle: no jobs here, {} queued in the database, polling every {} ms",
+                poller.queued,
+                interval.as_millis()
+            );
+            last_said = tokio::time::Instant::now();
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -282,7 +299,7 @@ async fn heartbeat(app: App, stop: CancellationToken) {
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "heartbeat failed; claims expire if this lasts longer than the lease");
+                tracing::warn!(error = %chain(&e), "heartbeat failed; claims expire if this lasts longer than the lease");
             }
         }
     }
@@ -309,7 +326,7 @@ async fn housekeeping(app: App, poke: Arc<Notify>, stop: CancellationToken) {
         {
             Ok(released) => released,
             Err(e) => {
-                tracing::warn!(error = %e, "could not release orphaned claims");
+                tracing::warn!(error = %chain(&e), "could not release orphaned claims");
                 Vec::new()
             }
         };
@@ -321,7 +338,7 @@ async fn housekeeping(app: App, poke: Arc<Notify>, stop: CancellationToken) {
         }
         match claims::rescue_expired(&app.db, co.max_rescues, co.worker_id).await {
             Ok(rescued) => taken_back.extend(rescued),
-            Err(e) => tracing::warn!(error = %e, "could not rescue expired claims"),
+            Err(e) => tracing::warn!(error = %chain(&e), "could not rescue expired claims"),
         }
         for r in &taken_back {
             if r.gave_up {

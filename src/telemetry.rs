@@ -1,4 +1,4 @@
-//! Logs and traces. Logs go to stderr (text or JSON); when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, the same `tracing`
+//! Logs and traces. Logs are written by [`crate::logs`]; when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, the same `tracing`
 //! spans are exported over OTLP/HTTP (protobuf) to a collector or Jaeger.
 //!
 //! Every attempt is a trace of its own — a root `attempt` span linked to its job's span, with child spans for
@@ -12,7 +12,8 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::config::{Config, LogFormat};
+use crate::config::Config;
+use crate::logs::Streams;
 
 /// The service name traces carry.
 pub const SERVICE_NAME: &str = "terminal-bench-worker";
@@ -32,15 +33,10 @@ pub fn traces_url(endpoint: &str) -> String {
     }
 }
 
-/// Install the global subscriber. `default_level` applies when `LOG_LEVEL` is not set explicitly.
-pub fn init(config: &Config, default_level: Option<&str>) -> Telemetry {
-    let level = default_level.unwrap_or(&config.log_level);
-    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let fmt = match config.log_format {
-        LogFormat::Json => fmt.json().boxed(),
-        LogFormat::Text => fmt.boxed(),
-    };
+/// Install the global subscriber. `default_level` applies when `LOG_LEVEL` is not set explicitly; `streams` says where
+/// log lines go (see [`crate::logs`]).
+pub fn init(config: &Config, default_level: Option<&str>, streams: Streams) -> Telemetry {
+    let fmt = crate::logs::layer(config, default_level, streams);
     let mut provider = None;
     let otel = config.otlp_endpoint.as_deref().and_then(|endpoint| {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -68,10 +64,7 @@ pub fn init(config: &Config, default_level: Option<&str>) -> Telemetry {
             }
         }
     });
-    tracing_subscriber::registry()
-        .with(fmt.with_filter(filter))
-        .with(otel)
-        .init();
+    tracing_subscriber::registry().with(fmt).with(otel).init();
     Telemetry { provider }
 }
 

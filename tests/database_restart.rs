@@ -18,9 +18,11 @@ fn spawn_worker(h: &Harness, log: &Path) -> Child {
     cmd.env("WORKER_LEASE_SECS", "3")
         .env("WORKER_POLL_INTERVAL_MS", "1000")
         .env("LOG_LEVEL", "info");
+    // Both streams into one file: the daemon logs info lines on stdout, warnings and errors on stderr.
+    let file = std::fs::File::create(log).unwrap();
     cmd.arg("worker")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap());
+        .stdout(file.try_clone().unwrap())
+        .stderr(file);
     cmd.spawn().unwrap()
 }
 

@@ -74,8 +74,11 @@ fn spawn_worker(h: &Harness, name: &str, extra: &[(&str, &str)]) -> WorkerProces
     for (k, v) in extra {
         cmd.env(k, v);
     }
+    // Both streams into one file: the daemon logs info lines on stdout, warnings and errors on stderr.
     let file = std::fs::File::create(&log).unwrap();
-    cmd.arg("worker").stdout(Stdio::null()).stderr(file);
+    cmd.arg("worker")
+        .stdout(file.try_clone().unwrap())
+        .stderr(file);
     WorkerProcess {
         child: cmd.spawn().unwrap(),
         log,
