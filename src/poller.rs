@@ -26,6 +26,7 @@ use crate::fmt::humanize;
 use crate::listener;
 use crate::pipeline::{self, AttemptFanout, JobPipeline, JobRequest, NotQueued, ShuttingDown};
 use crate::stop::StopReason;
+use crate::telemetry::metrics;
 
 /// How long running jobs may take to finish after a shutdown signal.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -68,6 +69,7 @@ impl Poller {
         // As many of an owner's jobs as the pipeline can hold for one owner; more would only be refused.
         let per_owner = (config.max_active_jobs_per_user + config.max_queued_jobs_per_user) as u64;
         let queued = db::queued_jobs_fairly(&self.app.db, per_owner, POLL_BATCH).await?;
+        metrics().set_queued(db::count_queued(&self.app.db).await?);
         let mut offered = 0;
         for job in queued {
             if !self.held.insert(job.id) {
@@ -79,6 +81,7 @@ impl Poller {
             let handle = self.tasks.spawn(async move { call.await.map(|_| ()) });
             self.task_jobs.insert(handle.id(), id);
         }
+        metrics().set_in_pipeline(self.held.len());
         Ok(offered)
     }
 
@@ -106,6 +109,7 @@ impl Poller {
             return false;
         };
         self.held.remove(&id);
+        metrics().set_in_pipeline(self.held.len());
         let Err(e) = result else { return true };
         if e.is::<KeyQueueFull>() {
             tracing::debug!(job = %id, "the owner's waiting room is full; the job stays queued for a later poll");
@@ -240,6 +244,7 @@ pub async fn run(app: App, shutdown: CancellationToken, grace: Duration) -> Resu
     loop {
         if let Err(e) = poller.poll_once().await {
             tracing::warn!(error = %e, "polling for jobs failed; will retry");
+            metrics().error("poll");
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -324,6 +329,7 @@ async fn housekeeping(app: App, poke: Arc<Notify>, stop: CancellationToken) {
             Err(e) => tracing::warn!(error = %e, "could not rescue expired claims"),
         }
         for r in &taken_back {
+            metrics().job_rescued(r.job_id, r.rescues, r.gave_up);
             if r.gave_up {
                 tracing::error!(job = %r.job_id, times = r.rescues, "job taken back too often; failed");
             } else {

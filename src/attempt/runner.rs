@@ -22,6 +22,7 @@ use tower_keyed::{TimeoutLayer, TraceLayer};
 use super::{AttemptContext, AttemptId, AttemptOutcome, Interrupted, run_attempt};
 use crate::db;
 use crate::stop::StopReason;
+use crate::telemetry::metrics;
 
 /// The type-erased attempt stack.
 pub type AttemptStack = BoxCloneService<AttemptId, AttemptOutcome, BoxError>;
@@ -96,9 +97,20 @@ impl Service<AttemptId> for AttemptRunner {
                             .await
                             .map_err(fence_error)?;
                     }
-                    _ => db::record_outcome(&db, ctx.job_id, out.rows(ctx.agent.name()), fence)
-                        .await
-                        .map_err(fence_error)?,
+                    _ => {
+                        let took = out
+                            .finished_at
+                            .zip(out.started_at)
+                            .and_then(|(f, s)| (f - s).to_std().ok());
+                        metrics().attempt_ended(
+                            out.status.as_str(),
+                            out.error.as_ref().map(|e| e.0.as_str()),
+                            took,
+                        );
+                        db::record_outcome(&db, ctx.job_id, out.rows(ctx.agent.name()), fence)
+                            .await
+                            .map_err(fence_error)?;
+                    }
                 }
                 Ok(out)
             },

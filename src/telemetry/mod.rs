@@ -1,35 +1,60 @@
-//! Logs and traces. Logs go to stderr (text or JSON); when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, the same `tracing`
-//! spans are exported over OTLP/HTTP (protobuf) to a collector or Jaeger.
+//! Logs, traces and metrics. Logs go to stderr (text or JSON); when an OTLP endpoint is set
+//! (`OTEL_EXPORTER_OTLP_ENDPOINT`, or a signal's own), the same `tracing` spans and the worker's metrics are exported
+//! over OTLP — HTTP/protobuf or gRPC (`OTEL_EXPORTER_OTLP_PROTOCOL`) — to a collector or Jaeger.
 //!
 //! Every attempt is a trace of its own — a root `attempt` span linked to its job's span, with child spans for
 //! `environment`, `agent`, `verifier`, `artifacts` and `teardown` — so a trace shows where an attempt's time went.
+//! Job spans carry events for `claimed`, `released` and `cancelled`; a job taken back from a lost worker gets a small
+//! `rescue` span with a `rescued` event. Metrics are listed in [`Metrics`].
+//!
+//! A collector that is down costs one warning, not one per batch: see [`export`].
 
+mod export;
+mod metrics;
+mod traces;
+
+use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::config::{Config, LogFormat};
+use crate::config::{Config, LogFormat, OtelConfig};
 
-/// The service name traces carry.
+pub use metrics::{Metrics, RunningGuard, metrics};
+
+/// The default service name (`OTEL_SERVICE_NAME` changes what is exported).
 pub const SERVICE_NAME: &str = "terminal-bench-worker";
 
-/// Keeps the trace exporter alive; call [`Telemetry::shutdown`] before exiting so buffered spans are sent.
+/// The instrumentation scope of the worker's spans and instruments.
+const SCOPE: &str = "terminal-bench-worker";
+
+/// Keeps the exporters alive; call [`Telemetry::shutdown`] before exiting so buffered spans and metrics are sent.
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    meter_provider: Option<SdkMeterProvider>,
 }
 
-/// `<base>/v1/traces`, unless the endpoint already names the traces path.
-pub fn traces_url(endpoint: &str) -> String {
-    let base = endpoint.trim_end_matches('/');
-    if base.ends_with("/v1/traces") {
-        base.to_string()
-    } else {
-        format!("{base}/v1/traces")
-    }
+/// Add an event to the current span (exported with the trace; not a log line).
+pub fn span_event(name: &'static str, attributes: Vec<KeyValue>) {
+    tracing::Span::current().add_event(name, attributes);
+}
+
+/// `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` on top of what the SDK detects.
+fn resource(otel: &OtelConfig) -> Resource {
+    Resource::builder()
+        .with_attributes(
+            otel.resource_attributes
+                .iter()
+                .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+        )
+        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+        .with_service_name(otel.service_name.clone())
+        .build()
 }
 
 /// Install the global subscriber. `default_level` applies when `LOG_LEVEL` is not set explicitly.
@@ -41,69 +66,73 @@ pub fn init(config: &Config, default_level: Option<&str>) -> Telemetry {
         LogFormat::Json => fmt.json().boxed(),
         LogFormat::Text => fmt.boxed(),
     };
-    let mut provider = None;
-    let otel = config.otlp_endpoint.as_deref().and_then(|endpoint| {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_endpoint(traces_url(endpoint))
-            .build();
-        match exporter {
-            Ok(exporter) => {
-                let p = SdkTracerProvider::builder()
-                    .with_batch_exporter(exporter)
-                    .with_resource(Resource::builder().with_service_name(SERVICE_NAME).build())
-                    .build();
-                let tracer = p.tracer(SERVICE_NAME);
-                provider = Some(p);
-                // Spans at info and above are exported whatever the log level says.
-                Some(
-                    tracing_opentelemetry::layer()
-                        .with_tracer(tracer)
-                        .with_filter(EnvFilter::new("info")),
-                )
-            }
-            Err(e) => {
-                eprintln!("warning: traces are not exported: {e}");
-                None
-            }
-        }
+    let resource = resource(&config.otel);
+    let endpoint = config.otlp_endpoint.as_deref();
+    let provider = config.otel.traces_url(endpoint).and_then(|url| {
+        traces::provider(&config.otel, &url, resource.clone())
+            .map_err(|e| eprintln!("warning: traces are not exported: {e}"))
+            .ok()
     });
+    // Spans at info and above are exported whatever the log level says.
+    let otel = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer(SCOPE))
+            .with_filter(EnvFilter::new("info"))
+    });
+    let meter_provider = config.otel.metrics_url(endpoint).and_then(|url| {
+        metrics::provider(&config.otel, &url, resource)
+            .map_err(|e| eprintln!("warning: metrics are not exported: {e}"))
+            .ok()
+    });
+    if let Some(p) = &meter_provider {
+        opentelemetry::global::set_meter_provider(p.clone());
+    }
     tracing_subscriber::registry()
         .with(fmt.with_filter(filter))
         .with(otel)
+        .with(sdk_logs_off())
         .init();
-    Telemetry { provider }
-}
-
-impl Telemetry {
-    /// Flush and stop the exporter (it blocks, so it runs off the async threads).
-    pub async fn shutdown(self) {
-        if let Some(provider) = self.provider {
-            let done = tokio::task::spawn_blocking(move || provider.shutdown());
-            match tokio::time::timeout(std::time::Duration::from_secs(10), done).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(e))) => eprintln!("warning: could not flush traces: {e}"),
-                _ => eprintln!("warning: flushing traces took longer than 10 s"),
-            }
-        }
+    // The instruments bind to the provider installed above, and the process's uptime counts from here.
+    metrics();
+    Telemetry {
+        provider,
+        meter_provider,
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_traces_path_is_added_once() {
-        assert_eq!(
-            super::traces_url("http://c:4318"),
-            "http://c:4318/v1/traces"
-        );
-        assert_eq!(
-            super::traces_url("http://c:4318/"),
-            "http://c:4318/v1/traces"
-        );
-        assert_eq!(
-            super::traces_url("http://c:4318/v1/traces"),
-            "http://c:4318/v1/traces"
-        );
+/// The SDK's and exporters' own log lines (one per failed batch while a collector is down) are dropped; the worker
+/// says once that export fails (see [`export`]).
+fn sdk_logs_off<S: tracing::Subscriber>() -> impl Layer<S> {
+    tracing_subscriber::filter::filter_fn(|meta| !meta.target().starts_with("opentelemetry"))
+}
+
+impl Telemetry {
+    /// Flush and stop the exporters (they block, so they run off the async threads). After a failed export was
+    /// reported, a failed flush is not reported again.
+    pub async fn shutdown(self) {
+        let Telemetry {
+            provider,
+            meter_provider,
+        } = self;
+        if provider.is_none() && meter_provider.is_none() {
+            return;
+        }
+        let done = tokio::task::spawn_blocking(move || {
+            let traces = provider.map(|p| p.shutdown());
+            let metrics = meter_provider.map(|p| p.shutdown());
+            [("traces", traces), ("metrics", metrics)]
+        });
+        match tokio::time::timeout(std::time::Duration::from_secs(10), done).await {
+            Ok(Ok(results)) => {
+                for (what, result) in results {
+                    if let Some(Err(e)) = result
+                        && !export::warned()
+                    {
+                        eprintln!("warning: could not flush {what}: {e}");
+                    }
+                }
+            }
+            _ => eprintln!("warning: flushing telemetry took longer than 10 s"),
+        }
     }
 }
