@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
+use entity::attempt::AttemptStatus;
 use entity::job::JobStatus;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
@@ -30,7 +31,7 @@ use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value as Number;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
-use terminal_bench_worker::submit;
+use terminal_bench_worker::{db, submit};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Spans and metric data points received, with the resources' service names and attributes.
@@ -299,19 +300,7 @@ async fn run_worker_until_done(
     extra: &[(&str, &str)],
     jobs: &[uuid::Uuid],
 ) -> String {
-    let log = h.work.path().join("worker-stderr.log");
-    let mut cmd = worker_command(h, h.work.path());
-    cmd.env("WORKER_POLL_INTERVAL_MS", "500")
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", url);
-    for (k, v) in extra {
-        cmd.env(k, v);
-    }
-    let mut child = cmd
-        .arg("worker")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let worker = Worker::start(h, url, extra);
     for job in jobs {
         let done = h.wait_final(*job, Duration::from_secs(300)).await;
         assert_eq!(
@@ -321,15 +310,45 @@ async fn run_worker_until_done(
             done.error_message
         );
     }
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    assert_eq!(child.wait().unwrap().code(), Some(0));
-    std::fs::read_to_string(&log).unwrap()
+    worker.stop()
+}
+
+/// A worker process exporting telemetry, its stderr in a file.
+struct Worker {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Worker {
+    fn start(h: &Harness, url: &str, extra: &[(&str, &str)]) -> Worker {
+        let log = h.work.path().join("worker-stderr.log");
+        let mut cmd = worker_command(h, h.work.path());
+        cmd.env("WORKER_POLL_INTERVAL_MS", "500")
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", url);
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .arg("worker")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Worker { child, log }
+    }
+
+    /// SIGTERM, which flushes the exporters; returns what the worker logged.
+    fn stop(mut self) -> String {
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+        assert_eq!(self.child.wait().unwrap().code(), Some(0));
+        std::fs::read_to_string(&self.log).unwrap()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -598,11 +617,15 @@ async fn metrics_of_a_known_run(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_of_a_known_run_arrive_over_http() {
+async fn metrics_of_a_known_run_arrive_over_http_and_sampled_out_traces_do_not() {
     let (url, received) = receiver().await;
-    metrics_of_a_known_run(&url, &received, &[]).await;
+    metrics_of_a_known_run(&url, &received, &[("OTEL_TRACES_SAMPLER", "always_off")]).await;
     let r = received.lock().unwrap();
     assert!(!r.services.is_empty() && r.services.iter().all(|s| s == "terminal-bench-worker"));
+    assert!(
+        r.spans.is_empty(),
+        "OTEL_TRACES_SAMPLER=always_off exports no span"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -643,8 +666,8 @@ async fn metrics_and_traces_arrive_over_grpc_with_the_standard_settings() {
     println!("gRPC: {} spans, {attempts} attempt spans", r.spans.len());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_collector_down_jobs_run_and_one_warning_is_logged() {
+/// A worker pointed at a closed loopback port (over `protocol`) completes a job and logs one export warning.
+async fn collector_down(protocol: &str) {
     let closed = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://{}", listener.local_addr().unwrap())
@@ -653,7 +676,10 @@ async fn with_the_collector_down_jobs_run_and_one_warning_is_logged() {
     let job = submit::submit(&h.app, &example("hello-world"), 2, None)
         .await
         .unwrap();
-    let settings = [("OTEL_METRIC_EXPORT_INTERVAL", "200")];
+    let settings = [
+        ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+    ];
     let log = run_worker_until_done(&h, &closed, &settings, &[job.id]).await;
     let about_export: Vec<&str> = log
         .lines()
@@ -662,11 +688,101 @@ async fn with_the_collector_down_jobs_run_and_one_warning_is_logged() {
             l.contains("export") || l.contains("opentelemetry") || l.contains("flush")
         })
         .collect();
-    println!("export lines with the collector down: {about_export:#?}");
+    println!("{protocol}: export lines with the collector down: {about_export:#?}");
     assert_eq!(
         about_export.len(),
         1,
         "one warning, not one per batch: {about_export:#?}"
     );
     assert!(about_export[0].contains("WARN"), "{}", about_export[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_collector_down_jobs_run_and_one_warning_is_logged() {
+    collector_down("http/protobuf").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_grpc_collector_down_jobs_run_and_one_warning_is_logged() {
+    collector_down("grpc").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otel_sdk_disabled_exports_nothing() {
+    let (url, received) = receiver().await;
+    let h = harness(&[]).await;
+    let job = submit::submit(&h.app, &example("hello-world"), 1, None)
+        .await
+        .unwrap();
+    let settings = [
+        ("OTEL_SDK_DISABLED", "true"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+    ];
+    run_worker_until_done(&h, &url, &settings, &[job.id]).await;
+    let r = received.lock().unwrap();
+    assert!(r.raw.is_empty() && r.spans.is_empty() && r.points.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_job_has_a_cancelled_event_and_is_counted() {
+    let (url, received) = receiver().await;
+    let h = harness(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let job = submit::submit(&h.app, &sleepy_task(dir.path(), 120), 1, None)
+        .await
+        .unwrap();
+    let worker = Worker::start(&h, &url, &[("OTEL_METRIC_EXPORT_INTERVAL", "500")]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while !db::attempts_of(&h.db, job.id)
+        .await
+        .unwrap()
+        .iter()
+        .any(|a| a.status == AttemptStatus::Running)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the attempt never started"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(db::cancel_job(&h.db, job.id).await.unwrap());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !db::attempts_of(&h.db, job.id)
+        .await
+        .unwrap()
+        .iter()
+        .all(|a| a.status == AttemptStatus::Failed)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the attempt was not recorded as cancelled"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A graceful stop lets the run write the job's end (a stop keeps its first reason: cancelled), then flushes.
+    worker.stop();
+
+    let r = received.lock().unwrap();
+    let job_id = job.id.to_string();
+    let job_span = r
+        .spans
+        .iter()
+        .find(|s| s.name == "job" && attr(s, "job").as_deref() == Some(&job_id))
+        .expect("job span");
+    let events: Vec<&str> = job_span.events.iter().map(|e| e.name.as_str()).collect();
+    println!("job span events: {events:?}");
+    assert!(
+        events.contains(&"claimed") && events.contains(&"cancelled"),
+        "{events:?}"
+    );
+    let latest = r.latest();
+    assert_eq!(total(&latest, "tbw.jobs", &[("event", "cancelled")]), 1.0);
+    assert_eq!(
+        total(
+            &latest,
+            "tbw.attempts",
+            &[("error.type", "CancellationError")]
+        ),
+        1.0
+    );
 }
