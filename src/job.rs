@@ -186,8 +186,8 @@ impl App {
                 error_type: ErrorType::TimeoutError,
             },
             (None, Some(e)) => {
-                let message = sentence(&e.to_string());
                 metrics().error(e.kind());
+                let message = sentence(&e.to_string());
                 tracing::warn!(job = %job_id, error = %message, "job failed");
                 Finish::Failed {
                     message,

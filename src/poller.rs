@@ -69,7 +69,6 @@ impl Poller {
         // As many of an owner's jobs as the pipeline can hold for one owner; more would only be refused.
         let per_owner = (config.max_active_jobs_per_user + config.max_queued_jobs_per_user) as u64;
         let queued = db::queued_jobs_fairly(&self.app.db, per_owner, POLL_BATCH).await?;
-        metrics().set_queued(db::count_queued(&self.app.db).await?);
         let mut offered = 0;
         for job in queued {
             if !self.held.insert(job.id) {
@@ -81,6 +80,7 @@ impl Poller {
             let handle = self.tasks.spawn(async move { call.await.map(|_| ()) });
             self.task_jobs.insert(handle.id(), id);
         }
+        metrics().set_queued(db::count_queued(&self.app.db).await?);
         metrics().set_in_pipeline(self.held.len());
         Ok(offered)
     }
@@ -243,8 +243,8 @@ pub async fn run(app: App, shutdown: CancellationToken, grace: Duration) -> Resu
     let mut poller = Poller::new(app.clone());
     loop {
         if let Err(e) = poller.poll_once().await {
-            tracing::warn!(error = %e, "polling for jobs failed; will retry");
             metrics().error("poll");
+            tracing::warn!(error = %e, "polling for jobs failed; will retry");
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,

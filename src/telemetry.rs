@@ -1,17 +1,20 @@
-//! Logs, traces and metrics. Logs go to stderr (text or JSON); when an OTLP endpoint is set
-//! (`OTEL_EXPORTER_OTLP_ENDPOINT`, or a signal's own), the same `tracing` spans and the worker's metrics are exported
-//! over OTLP — HTTP/protobuf or gRPC (`OTEL_EXPORTER_OTLP_PROTOCOL`) — to a collector or Jaeger.
+//! Logs and traces. Logs go to stderr (text or JSON); when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, the same `tracing`
+//! spans are exported over OTLP/HTTP (protobuf) to a collector or Jaeger.
 //!
 //! Every attempt is a trace of its own — a root `attempt` span linked to its job's span, with child spans for
 //! `environment`, `agent`, `verifier`, `artifacts` and `teardown` — so a trace shows where an attempt's time went.
-//! Job spans carry events for `claimed`, `released` and `cancelled`; a job taken back from a lost worker gets a small
-//! `rescue` span with a `rescued` event. Metrics are listed in [`Metrics`].
 //!
-//! A collector that is down costs one warning, not one per batch: see [`export`].
+//! Metrics go the same way (see [`Metrics`]), and OpenTelemetry's standard settings apply to both signals:
+//! `OTEL_EXPORTER_OTLP_PROTOCOL=grpc` sends them over gRPC, a signal's own endpoint sends it elsewhere,
+//! `OTEL_SDK_DISABLED=true` sends nothing (see [`crate::config::OtelConfig`]). Job spans carry events for `claimed`,
+//! `released` and `cancelled`; a job taken back from a lost worker gets a small `rescue` span with a `rescued` event.
+//! A collector that is down costs one warning, not one per batch (see `telemetry/export.rs`).
 
 mod export;
 mod metrics;
 mod traces;
+
+pub use metrics::{Metrics, RunningGuard, metrics};
 
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
@@ -23,9 +26,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::config::{Config, LogFormat, OtelConfig};
-
-pub use metrics::{Metrics, RunningGuard, metrics};
+use crate::config::{Config, LogFormat};
 
 /// The default service name (`OTEL_SERVICE_NAME` changes what is exported).
 pub const SERVICE_NAME: &str = "terminal-bench-worker";
@@ -45,7 +46,7 @@ pub fn span_event(name: &'static str, attributes: Vec<KeyValue>) {
 }
 
 /// `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` on top of what the SDK detects.
-fn resource(otel: &OtelConfig) -> Resource {
+fn resource(otel: &crate::config::OtelConfig) -> Resource {
     Resource::builder()
         .with_attributes(
             otel.resource_attributes
@@ -66,19 +67,15 @@ pub fn init(config: &Config, default_level: Option<&str>) -> Telemetry {
         LogFormat::Json => fmt.json().boxed(),
         LogFormat::Text => fmt.boxed(),
     };
+    let mut provider = None;
     let resource = resource(&config.otel);
     let endpoint = config.otlp_endpoint.as_deref();
-    let provider = config.otel.traces_url(endpoint).and_then(|url| {
-        traces::provider(&config.otel, &url, resource.clone())
-            .map_err(|e| eprintln!("warning: traces are not exported: {e}"))
-            .ok()
-    });
-    // Spans at info and above are exported whatever the log level says.
-    let otel = provider.as_ref().map(|p| {
-        tracing_opentelemetry::layer()
-            .with_tracer(p.tracer(SCOPE))
-            .with_filter(EnvFilter::new("info"))
-    });
+    if let Some(url) = config.otel.traces_url(endpoint) {
+        match traces::provider(&config.otel, &url, resource.clone()) {
+            Ok(p) => provider = Some(p),
+            Err(e) => eprintln!("warning: traces are not exported: {e}"),
+        }
+    }
     let meter_provider = config.otel.metrics_url(endpoint).and_then(|url| {
         metrics::provider(&config.otel, &url, resource)
             .map_err(|e| eprintln!("warning: metrics are not exported: {e}"))
@@ -87,10 +84,16 @@ pub fn init(config: &Config, default_level: Option<&str>) -> Telemetry {
     if let Some(p) = &meter_provider {
         opentelemetry::global::set_meter_provider(p.clone());
     }
+    // Spans at info and above are exported whatever the log level says. The SDK's own log lines are dropped for
+    // every layer (see `sdk_logs_off`).
+    let otel = sdk_logs_off().and_then(provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer(SCOPE))
+            .with_filter(EnvFilter::new("info"))
+    }));
     tracing_subscriber::registry()
         .with(fmt.with_filter(filter))
         .with(otel)
-        .with(sdk_logs_off())
         .init();
     // The instruments bind to the provider installed above, and the process's uptime counts from here.
     metrics();
