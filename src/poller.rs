@@ -243,7 +243,6 @@ pub async fn run(app: App, shutdown: CancellationToken, grace: Duration) -> Resu
     let mut poller = Poller::new(app.clone());
     loop {
         if let Err(e) = poller.poll_once().await {
-            metrics().error("poll");
             tracing::warn!(error = %e, "polling for jobs failed; will retry");
         }
         tokio::select! {

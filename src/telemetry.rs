@@ -19,7 +19,6 @@ pub use metrics::{Metrics, RunningGuard, metrics};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
@@ -34,10 +33,10 @@ pub const SERVICE_NAME: &str = "terminal-bench-worker";
 /// The instrumentation scope of the worker's spans and instruments.
 const SCOPE: &str = "terminal-bench-worker";
 
-/// Keeps the exporters alive; call [`Telemetry::shutdown`] before exiting so buffered spans and metrics are sent.
+/// Keeps the trace exporter alive (the meter provider is global, like the instruments); call [`Telemetry::shutdown`]
+/// before exiting so buffered spans and metrics are sent.
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
-    meter_provider: Option<SdkMeterProvider>,
 }
 
 /// Add an event to the current span (exported with the trace; not a log line).
@@ -76,47 +75,32 @@ pub fn init(config: &Config, default_level: Option<&str>) -> Telemetry {
             Err(e) => eprintln!("warning: traces are not exported: {e}"),
         }
     }
-    let meter_provider = config.otel.metrics_url(endpoint).and_then(|url| {
-        metrics::provider(&config.otel, &url, resource)
-            .map_err(|e| eprintln!("warning: metrics are not exported: {e}"))
-            .ok()
-    });
-    if let Some(p) = &meter_provider {
-        opentelemetry::global::set_meter_provider(p.clone());
+    if let Some(url) = config.otel.metrics_url(endpoint)
+        && let Err(e) = metrics::install(&config.otel, &url, resource)
+    {
+        eprintln!("warning: metrics are not exported: {e}");
     }
-    // Spans at info and above are exported whatever the log level says. The SDK's own log lines are dropped for
-    // every layer (see `sdk_logs_off`).
-    let otel = sdk_logs_off().and_then(provider.as_ref().map(|p| {
+    // The instruments bind to the meter provider installed above (or to none), and uptime counts from here.
+    metrics();
+    // Spans at info and above are exported whatever the log level says.
+    let otel = provider.as_ref().map(|p| {
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer(SCOPE))
             .with_filter(EnvFilter::new("info"))
-    }));
+    });
     tracing_subscriber::registry()
         .with(fmt.with_filter(filter))
         .with(otel)
         .init();
-    // The instruments bind to the provider installed above, and the process's uptime counts from here.
-    metrics();
-    Telemetry {
-        provider,
-        meter_provider,
-    }
-}
-
-/// The SDK's and exporters' own log lines (one per failed batch while a collector is down) are dropped; the worker
-/// says once that export fails (see [`export`]).
-fn sdk_logs_off<S: tracing::Subscriber>() -> impl Layer<S> {
-    tracing_subscriber::filter::filter_fn(|meta| !meta.target().starts_with("opentelemetry"))
+    Telemetry { provider }
 }
 
 impl Telemetry {
     /// Flush and stop the exporters (they block, so they run off the async threads). After a failed export was
     /// reported, a failed flush is not reported again.
     pub async fn shutdown(self) {
-        let Telemetry {
-            provider,
-            meter_provider,
-        } = self;
+        let provider = self.provider;
+        let meter_provider = metrics::take_provider();
         if provider.is_none() && meter_provider.is_none() {
             return;
         }

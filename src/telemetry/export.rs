@@ -1,6 +1,6 @@
-//! Exporters that say once that the collector cannot be reached. The SDK retries every batch on its own; a log line
-//! per failed batch (or per span) would bury the worker's own logs while a collector is down, and jobs run the same
-//! whether or not their telemetry arrives.
+//! Exporters that say once that the collector cannot be reached. A log line per failed batch would bury the worker's
+//! own logs while a collector is down, and jobs run the same whether or not their telemetry arrives. The SDK itself
+//! logs nothing: its `internal-logs` feature is off (see Cargo.toml), so this is the only report.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};

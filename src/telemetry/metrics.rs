@@ -5,7 +5,7 @@
 //! `gen_ai.client.token.usage`, `error.type`); the worker's own are under `tbw.`.
 
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use opentelemetry::KeyValue;
@@ -295,12 +295,16 @@ fn resident_bytes() -> Option<i64> {
     Some(kib * 1024)
 }
 
-/// A meter provider exporting to `url` every `OTEL_METRIC_EXPORT_INTERVAL`.
-pub(super) fn provider(
+/// The installed meter provider, kept for [`take_provider`] (the global one cannot be shut down through the API).
+static PROVIDER: Mutex<Option<SdkMeterProvider>> = Mutex::new(None);
+
+/// Install a global meter provider exporting to `url` every `OTEL_METRIC_EXPORT_INTERVAL`. Call before the first
+/// [`metrics()`].
+pub(super) fn install(
     otel: &OtelConfig,
     url: &str,
     resource: Resource,
-) -> Result<SdkMeterProvider, ExporterBuildError> {
+) -> Result<(), ExporterBuildError> {
     let exporter = match otel.protocol {
         OtlpProtocol::HttpProtobuf => opentelemetry_otlp::MetricExporter::builder()
             .with_http()
@@ -319,10 +323,21 @@ pub(super) fn provider(
     let reader = PeriodicReader::builder(exporter)
         .with_interval(otel.metric_export_interval)
         .build();
-    Ok(SdkMeterProvider::builder()
+    let provider = SdkMeterProvider::builder()
         .with_reader(reader)
         .with_resource(resource)
-        .build())
+        .build();
+    opentelemetry::global::set_meter_provider(provider.clone());
+    *PROVIDER.lock().unwrap_or_else(PoisonError::into_inner) = Some(provider);
+    Ok(())
+}
+
+/// The installed meter provider, to flush and shut down at exit.
+pub(super) fn take_provider() -> Option<SdkMeterProvider> {
+    PROVIDER
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take()
 }
 
 #[cfg(test)]
