@@ -98,15 +98,8 @@ impl Service<AttemptId> for AttemptRunner {
                             .map_err(fence_error)?;
                     }
                     _ => {
-                        let took = out
-                            .finished_at
-                            .zip(out.started_at)
-                            .and_then(|(f, s)| (f - s).to_std().ok());
-                        metrics().attempt_ended(
-                            out.status.as_str(),
-                            out.error.as_ref().map(|e| e.0.as_str()),
-                            took,
-                        );
+                        let error = out.error.as_ref().map(|(kind, _)| kind.as_str());
+                        metrics().attempt_ended(out.status.as_str(), error, out.duration());
                         db::record_outcome(&db, ctx.job_id, out.rows(ctx.agent.name()), fence)
                             .await
                             .map_err(fence_error)?;
