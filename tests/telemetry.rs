@@ -514,6 +514,7 @@ async fn a_terminus_attempt_has_a_span_per_turn_with_its_model_call_and_commands
             usage[0].value, tokens,
             "3 turns of 100 prompt and 10 completion tokens"
         );
+        assert_eq!(usage[0].count, Some(3), "one record per model call");
         assert!(usage[0].attributes.contains_key("gen_ai.request.model"));
         println!(
             "gen_ai.client.token.usage {:?} = {}",

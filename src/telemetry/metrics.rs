@@ -45,7 +45,7 @@ pub struct Metrics {
     pub job_duration: Histogram<f64>,
     /// `tbw.attempt.duration` (`s`): one attempt, attribute `status`.
     pub attempt_duration: Histogram<f64>,
-    /// `gen_ai.client.token.usage` (`{token}`): tokens Terminus 2 used in an attempt, attributes
+    /// `gen_ai.client.token.usage` (`{token}`): tokens of one model call of Terminus 2, attributes
     /// `gen_ai.token.type` (`input` | `output`), `gen_ai.request.model`, `gen_ai.operation.name` = `chat`.
     pub tokens: Histogram<u64>,
     gauges: Arc<Gauges>,
@@ -166,7 +166,7 @@ impl Metrics {
             tokens: meter
                 .u64_histogram("gen_ai.client.token.usage")
                 .with_unit("{token}")
-                .with_description("Tokens the agent's model calls used in an attempt")
+                .with_description("Tokens used by one model call")
                 .with_boundaries(TOKEN_BUCKETS.to_vec())
                 .build(),
             gauges,
@@ -220,7 +220,7 @@ impl Metrics {
         self.errors.add(1, &[KeyValue::new("error.type", kind)]);
     }
 
-    /// Tokens a model used in one attempt.
+    /// Tokens one model call used.
     pub fn token_usage(&self, model: &str, input: u64, output: u64) {
         for (kind, n) in [("input", input), ("output", output)] {
             self.tokens.record(

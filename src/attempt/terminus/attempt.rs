@@ -8,7 +8,6 @@ use super::{LoopEnd, TerminusSettings, TmuxTerminal};
 use crate::attempt::{AttemptContext, AttemptOutcome, ErrorType, TokenUsage};
 use crate::fmt::humanize;
 use crate::runtime::Sandbox;
-use crate::telemetry::metrics;
 
 /// Run Terminus 2 with `model` in `sandbox`. Problems are recorded in `out`; the verifier runs afterwards regardless.
 pub async fn run(
@@ -57,7 +56,6 @@ pub async fn run(
     }
     .priced(ctx.terminus.prices);
     out.usage = Some(usage);
-    metrics().token_usage(model, usage.prompt_tokens, usage.completion_tokens);
     let mut trajectory = report.trajectory;
     if let Some(cost) = usage.cost_usd
         && let Some(totals) = trajectory
