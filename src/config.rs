@@ -209,6 +209,20 @@ fn read_otel(r: &mut Reader<'_>) -> OtelConfig {
     };
     let traces_endpoint = endpoint("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
     let metrics_endpoint = endpoint("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT");
+    // gRPC is built without TLS (tonic's TLS would add a second crypto provider): say so rather than fail to connect.
+    if protocol == OtlpProtocol::Grpc {
+        for name in [
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+        ] {
+            if r.string(name).is_some_and(|v| v.starts_with("https://")) {
+                r.problems.push(format!(
+                    "{name} must be an http:// URL with OTEL_EXPORTER_OTLP_PROTOCOL=grpc (this worker speaks gRPC without TLS; use http/protobuf for https)"
+                ));
+            }
+        }
+    }
     let service_name = r
         .string("OTEL_SERVICE_NAME")
         .unwrap_or_else(|| "terminal-bench-worker".to_string());
@@ -940,6 +954,16 @@ mod tests {
             );
         }
         assert_eq!(err.0.len(), 6, "{text}");
+        let err = parse(&[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4317"),
+        ])
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("OTEL_EXPORTER_OTLP_ENDPOINT must be an http:// URL with OTEL_EXPORTER_OTLP_PROTOCOL=grpc"),
+            "{err}"
+        );
         let err = parse(&[
             ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
             ("OTEL_TRACES_SAMPLER_ARG", "2"),
