@@ -110,6 +110,15 @@ pub async fn find_job(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<job:
     job::Entity::find_by_id(id).one(db).await
 }
 
+/// How many jobs are queued.
+pub async fn count_queued(db: &impl ConnectionTrait) -> Result<u64, DbErr> {
+    use sea_orm::PaginatorTrait;
+    job::Entity::find()
+        .filter(job::Column::Status.eq(JobStatus::Queued))
+        .count(db)
+        .await
+}
+
 /// Queued jobs, oldest first.
 pub async fn queued_jobs(db: &impl ConnectionTrait, limit: u64) -> Result<Vec<job::Model>, DbErr> {
     use sea_orm::QuerySelect;

@@ -27,6 +27,7 @@ use crate::runtime::RuntimeError;
 use crate::stop::{Stop, StopReason};
 use crate::store::StoreError;
 use crate::task::{self, ArchiveError, ExtractLimits, Task, TaskError};
+use crate::telemetry::metrics;
 
 /// How often a running job checks whether the platform cancelled it.
 pub const CANCEL_CHECK_INTERVAL: Duration = Duration::from_millis(1000);
@@ -79,6 +80,35 @@ pub enum JobError {
     AgentNeedsDocker(String),
 }
 
+impl JobError {
+    /// The kind, as the `error.type` of `tbw.errors`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            JobError::InvalidRuns { .. } => "invalid_runs",
+            JobError::NoArchive => "no_archive",
+            JobError::Store(_) => "store",
+            JobError::Archive(_) => "archive",
+            JobError::Task(_) => "invalid_task",
+            JobError::Runtime(_) => "runtime",
+            JobError::Database(_) => "database",
+            JobError::Internal(_) => "internal",
+            JobError::Stopped => "stopped",
+            JobError::LeaseLost(_) => "lease_lost",
+            JobError::Agent(_) | JobError::AgentNeedsDocker(_) => "agent_unavailable",
+        }
+    }
+}
+
+/// How a job's run ended, as the `event` of `tbw.jobs`.
+fn finish_event(finish: &Finish) -> &'static str {
+    match finish {
+        Finish::Completed => "completed",
+        Finish::Failed { .. } => "failed",
+        Finish::Cancelled => "cancelled",
+        Finish::Released => "released",
+    }
+}
+
 impl From<FenceError> for JobError {
     fn from(e: FenceError) -> Self {
         match e {
@@ -110,6 +140,7 @@ impl App {
         fence: Option<Claim>,
     ) -> Result<JobSummary, DbErr> {
         let job_id = job.id;
+        let started = tokio::time::Instant::now();
         let scratch = scratch_dir(&self.config, job_id);
         let done = CancellationToken::new();
         let watcher = tokio::spawn(watch_job(
@@ -155,6 +186,7 @@ impl App {
                 error_type: ErrorType::TimeoutError,
             },
             (None, Some(e)) => {
+                metrics().error(e.kind());
                 let message = sentence(&e.to_string());
                 tracing::warn!(job = %job_id, error = %crate::fmt::chain(&e), "job failed");
                 Finish::Failed {
@@ -164,6 +196,7 @@ impl App {
             }
             (None, None) => Finish::Completed,
         };
+        metrics().job_ended(finish_event(&finish), started.elapsed());
         match db::finish_job(&self.db, job_id, &finish, fence.as_ref()).await {
             Ok(true) => tracing::info!(job = %job_id, finish = ?finish, "job finished"),
             Ok(false) => {

@@ -36,6 +36,7 @@ use crate::claims;
 use crate::db;
 use crate::job::JobSummary;
 use crate::stop::{Stop, StopReason};
+use crate::telemetry::metrics;
 
 /// Requests that can wait in the fair queue at once (beyond that, `poll_ready` waits).
 pub const FAIR_QUEUE_CAPACITY: usize = 1024;
@@ -119,11 +120,13 @@ impl Service<JobRequest> for AttemptFanout {
             };
             tracing::info!(job = %job.id, task = %job.task_name, runs = job.runs_requested, epoch = fence.map(|c| c.epoch),
                 "job started");
+            metrics().job_claimed(job.created_at);
+            let running = metrics().running();
             // The run is a task of its own: when the timeout layer drops this future, the guard tells the run why,
             // and the run stops its attempts and writes the job's end itself, under its claim.
             let guard = stop.guard(StopReason::JobTimeout);
             let run = async move {
-                let _registered = registered;
+                let (_registered, _running) = (registered, running);
                 app.run_claimed(job, stop, fence).await
             };
             // The job's span goes along, so the run's logs and its attempts' links point at it.

@@ -26,6 +26,7 @@ use crate::fmt::{chain, humanize};
 use crate::listener;
 use crate::pipeline::{self, AttemptFanout, JobPipeline, JobRequest, NotQueued, ShuttingDown};
 use crate::stop::StopReason;
+use crate::telemetry::metrics;
 
 /// How long running jobs may take to finish after a shutdown signal.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -85,6 +86,8 @@ impl Poller {
             let handle = self.tasks.spawn(async move { call.await.map(|_| ()) });
             self.task_jobs.insert(handle.id(), id);
         }
+        metrics().set_queued(db::count_queued(&self.app.db).await?);
+        metrics().set_in_pipeline(self.held.len());
         Ok(offered)
     }
 
@@ -112,6 +115,7 @@ impl Poller {
             return false;
         };
         self.held.remove(&id);
+        metrics().set_in_pipeline(self.held.len());
         let Err(e) = result else { return true };
         if e.is::<KeyQueueFull>() {
             tracing::debug!(job = %id, "the owner's waiting room is full; the job stays queued for a later poll");
@@ -341,6 +345,7 @@ async fn housekeeping(app: App, poke: Arc<Notify>, stop: CancellationToken) {
             Err(e) => tracing::warn!(error = %chain(&e), "could not rescue expired claims"),
         }
         for r in &taken_back {
+            metrics().job_rescued(r.job_id, r.rescues, r.gave_up);
             if r.gave_up {
                 tracing::error!(job = %r.job_id, times = r.rescues, "job taken back too often; failed");
             } else {

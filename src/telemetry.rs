@@ -3,11 +3,24 @@
 //!
 //! Every attempt is a trace of its own — a root `attempt` span linked to its job's span, with child spans for
 //! `environment`, `agent`, `verifier`, `artifacts` and `teardown` — so a trace shows where an attempt's time went.
+//!
+//! Metrics go the same way (see [`Metrics`]), and OpenTelemetry's standard settings apply to both signals:
+//! `OTEL_EXPORTER_OTLP_PROTOCOL=grpc` sends them over gRPC, a signal's own endpoint sends it elsewhere,
+//! `OTEL_SDK_DISABLED=true` sends nothing (see [`crate::config::OtelConfig`]). Job spans carry events for `claimed`,
+//! `released` and `cancelled`; a job taken back from a lost worker gets a small `rescue` span with a `rescued` event.
+//! A collector that is down costs one warning, not one per batch (see `telemetry/export.rs`).
 
+mod export;
+mod metrics;
+mod traces;
+
+pub use metrics::{Metrics, RunningGuard, metrics};
+
+use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -15,22 +28,34 @@ use tracing_subscriber::{EnvFilter, Layer};
 use crate::config::Config;
 use crate::logs::Streams;
 
-/// The service name traces carry.
+/// The default service name (`OTEL_SERVICE_NAME` changes what is exported).
 pub const SERVICE_NAME: &str = "terminal-bench-worker";
 
-/// Keeps the trace exporter alive; call [`Telemetry::shutdown`] before exiting so buffered spans are sent.
+/// The instrumentation scope of the worker's spans and instruments.
+const SCOPE: &str = "terminal-bench-worker";
+
+/// Keeps the trace exporter alive (the meter provider is global, like the instruments); call [`Telemetry::shutdown`]
+/// before exiting so buffered spans and metrics are sent.
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
 }
 
-/// `<base>/v1/traces`, unless the endpoint already names the traces path.
-pub fn traces_url(endpoint: &str) -> String {
-    let base = endpoint.trim_end_matches('/');
-    if base.ends_with("/v1/traces") {
-        base.to_string()
-    } else {
-        format!("{base}/v1/traces")
-    }
+/// Add an event to the current span (exported with the trace; not a log line).
+pub fn span_event(name: &'static str, attributes: Vec<KeyValue>) {
+    tracing::Span::current().add_event(name, attributes);
+}
+
+/// `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` on top of what the SDK detects.
+fn resource(otel: &crate::config::OtelConfig) -> Resource {
+    Resource::builder()
+        .with_attributes(
+            otel.resource_attributes
+                .iter()
+                .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+        )
+        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+        .with_service_name(otel.service_name.clone())
+        .build()
 }
 
 /// Install the global subscriber. `default_level` applies when `LOG_LEVEL` is not set explicitly; `streams` says where
@@ -38,65 +63,56 @@ pub fn traces_url(endpoint: &str) -> String {
 pub fn init(config: &Config, default_level: Option<&str>, streams: Streams) -> Telemetry {
     let fmt = crate::logs::layer(config, default_level, streams);
     let mut provider = None;
-    let otel = config.otlp_endpoint.as_deref().and_then(|endpoint| {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_endpoint(traces_url(endpoint))
-            .build();
-        match exporter {
-            Ok(exporter) => {
-                let p = SdkTracerProvider::builder()
-                    .with_batch_exporter(exporter)
-                    .with_resource(Resource::builder().with_service_name(SERVICE_NAME).build())
-                    .build();
-                let tracer = p.tracer(SERVICE_NAME);
-                provider = Some(p);
-                // Spans at info and above are exported whatever the log level says.
-                Some(
-                    tracing_opentelemetry::layer()
-                        .with_tracer(tracer)
-                        .with_filter(EnvFilter::new("info")),
-                )
-            }
-            Err(e) => {
-                eprintln!("warning: traces are not exported: {e}");
-                None
-            }
+    let resource = resource(&config.otel);
+    let endpoint = config.otlp_endpoint.as_deref();
+    if let Some(url) = config.otel.traces_url(endpoint) {
+        match traces::provider(&config.otel, &url, resource.clone()) {
+            Ok(p) => provider = Some(p),
+            Err(e) => eprintln!("warning: traces are not exported: {e}"),
         }
+    }
+    if let Some(url) = config.otel.metrics_url(endpoint)
+        && let Err(e) = metrics::install(&config.otel, &url, resource)
+    {
+        eprintln!("warning: metrics are not exported: {e}");
+    }
+    // The instruments bind to the meter provider installed above (or to none), and uptime counts from here.
+    metrics();
+    // Spans at info and above are exported whatever the log level says.
+    let otel = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer(SCOPE))
+            .with_filter(EnvFilter::new("info"))
     });
     tracing_subscriber::registry().with(fmt).with(otel).init();
     Telemetry { provider }
 }
 
 impl Telemetry {
-    /// Flush and stop the exporter (it blocks, so it runs off the async threads).
+    /// Flush and stop the exporters (they block, so they run off the async threads). After a failed export was
+    /// reported, a failed flush is not reported again.
     pub async fn shutdown(self) {
-        if let Some(provider) = self.provider {
-            let done = tokio::task::spawn_blocking(move || provider.shutdown());
-            match tokio::time::timeout(std::time::Duration::from_secs(10), done).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(e))) => eprintln!("warning: could not flush traces: {e}"),
-                _ => eprintln!("warning: flushing traces took longer than 10 s"),
-            }
+        let provider = self.provider;
+        let meter_provider = metrics::take_provider();
+        if provider.is_none() && meter_provider.is_none() {
+            return;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_traces_path_is_added_once() {
-        assert_eq!(
-            super::traces_url("http://c:4318"),
-            "http://c:4318/v1/traces"
-        );
-        assert_eq!(
-            super::traces_url("http://c:4318/"),
-            "http://c:4318/v1/traces"
-        );
-        assert_eq!(
-            super::traces_url("http://c:4318/v1/traces"),
-            "http://c:4318/v1/traces"
-        );
+        let done = tokio::task::spawn_blocking(move || {
+            let traces = provider.map(|p| p.shutdown());
+            let metrics = meter_provider.map(|p| p.shutdown());
+            [("traces", traces), ("metrics", metrics)]
+        });
+        match tokio::time::timeout(std::time::Duration::from_secs(10), done).await {
+            Ok(Ok(results)) => {
+                for (what, result) in results {
+                    if let Some(Err(e)) = result
+                        && !export::warned()
+                    {
+                        eprintln!("warning: could not flush {what}: {e}");
+                    }
+                }
+            }
+            _ => eprintln!("warning: flushing telemetry took longer than 10 s"),
+        }
     }
 }

@@ -199,6 +199,11 @@ impl AttemptOutcome {
         matches!(self.error, Some((ErrorType::CancellationError, _)))
     }
 
+    /// How long the attempt took, once it has started and ended.
+    pub fn duration(&self) -> Option<Duration> {
+        (self.finished_at? - self.started_at?).to_std().ok()
+    }
+
     /// `success` only when tests ran and all passed (0/0 is a failure) and the attempt was not cut short.
     pub fn finalize_status(&mut self) {
         let cut_short = matches!(

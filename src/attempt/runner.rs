@@ -22,6 +22,7 @@ use tower_keyed::{TimeoutLayer, TraceLayer};
 use super::{AttemptContext, AttemptId, AttemptOutcome, Interrupted, run_attempt};
 use crate::db;
 use crate::stop::StopReason;
+use crate::telemetry::metrics;
 
 /// The type-erased attempt stack.
 pub type AttemptStack = BoxCloneService<AttemptId, AttemptOutcome, BoxError>;
@@ -96,9 +97,13 @@ impl Service<AttemptId> for AttemptRunner {
                             .await
                             .map_err(fence_error)?;
                     }
-                    _ => db::record_outcome(&db, ctx.job_id, out.rows(ctx.agent.name()), fence)
-                        .await
-                        .map_err(fence_error)?,
+                    _ => {
+                        let error = out.error.as_ref().map(|(kind, _)| kind.as_str());
+                        metrics().attempt_ended(out.status.as_str(), error, out.duration());
+                        db::record_outcome(&db, ctx.job_id, out.rows(ctx.agent.name()), fence)
+                            .await
+                            .map_err(fence_error)?;
+                    }
                 }
                 Ok(out)
             },

@@ -13,6 +13,7 @@ use super::reply::{self, Command};
 use super::trajectory::{ToolRun, Trajectory};
 use super::{Terminal, prompt};
 use crate::attempt::EpisodeRecord;
+use crate::telemetry::metrics;
 
 /// The history is condensed when its estimated size passes this share of the context window.
 const CONDENSE_AT: f64 = 0.8;
@@ -241,6 +242,11 @@ impl Loop<'_> {
                     span.record("prompt_tokens", answer.prompt_tokens);
                     span.record("completion_tokens", answer.completion_tokens);
                     span.record("retries", answer.retries);
+                    metrics().token_usage(
+                        &self.settings.model,
+                        answer.prompt_tokens,
+                        answer.completion_tokens,
+                    );
                     self.history.calibrate(answer.prompt_tokens, sent_chars);
                     return Ok(answer);
                 }
