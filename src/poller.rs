@@ -108,6 +108,7 @@ impl Poller {
             Ok(pair) => pair,
             Err(e) => {
                 tracing::error!(error = %chain(&e), "a job task crashed");
+                metrics().error("job_task_crashed");
                 (e.id(), Err("crashed".into()))
             }
         };
@@ -251,6 +252,7 @@ pub async fn run(app: App, shutdown: CancellationToken, grace: Duration) -> Resu
     loop {
         if let Err(e) = poller.poll_once().await {
             tracing::warn!(error = %chain(&e), "polling for jobs failed; will retry");
+            metrics().error("poll");
         }
         if !poller.held.is_empty() {
             last_said = tokio::time::Instant::now();
@@ -298,12 +300,14 @@ async fn heartbeat(app: App, stop: CancellationToken) {
                 for (claim, job_stop) in held {
                     if !renewed.contains(&claim) {
                         tracing::warn!(job = %claim.job_id, epoch = claim.epoch, "the job's lease is lost; stopping it here");
+                        metrics().error("lease_lost");
                         job_stop.stop(StopReason::LeaseLost);
                     }
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %chain(&e), "heartbeat failed; claims expire if this lasts longer than the lease");
+                metrics().error("heartbeat");
             }
         }
     }
