@@ -230,6 +230,12 @@ async fn pm2_reload_and_stop_drain_and_the_released_job_completes_later() {
             .any(|l| l.contains("job finished") && l.contains("finish=Released")),
         "{logs}"
     );
+    // The old process drained and exited by itself, with code 0 (pm2 would log a SIGKILL otherwise).
+    let daemon_log = std::fs::read_to_string(pm2.home.path().join("pm2.log")).unwrap_or_default();
+    assert!(
+        daemon_log.contains("exited with code [0]") && !daemon_log.contains("SIGKILL"),
+        "{daemon_log}"
+    );
     wait_for(
         Duration::from_secs(30),
         "the new worker to run the job",
