@@ -10,9 +10,8 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::*;
-use entity::attempt::AttemptStatus;
 use entity::job::JobStatus;
-use terminal_bench_worker::{db, submit};
+use terminal_bench_worker::submit;
 use uuid::Uuid;
 
 /// Removes the test's container, its volume and its image tag, however the test ends.
@@ -171,20 +170,8 @@ async fn the_worker_image_runs_jobs_drains_on_docker_stop_and_reports_health() {
     let long = submit::submit(&h.app, &sleepy_task(dir.path(), 120), 1, None)
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    while !db::attempts_of(&h.db, long.id)
-        .await
-        .unwrap()
-        .iter()
-        .any(|a| a.status == AttemptStatus::Running)
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the long job never ran\n{}",
-            logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    h.wait_running(long.id, Duration::from_secs(90), &logs)
+        .await;
     let stopped = tokio::time::Instant::now();
     ok(&docker(&["stop", "-t", "60", &guard.container]));
     let took = stopped.elapsed();

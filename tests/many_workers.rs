@@ -106,15 +106,6 @@ async fn add_users(h: &Harness, n: u128) -> Vec<Uuid> {
     users
 }
 
-async fn running_attempts(h: &Harness, job: Uuid) -> usize {
-    db::attempts_of(&h.db, job)
-        .await
-        .unwrap()
-        .iter()
-        .filter(|a| a.status == AttemptStatus::Running)
-        .count()
-}
-
 async fn wait_until<F, Fut>(limit: Duration, what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
@@ -216,7 +207,7 @@ async fn a_killed_workers_job_is_rescued_by_another_and_completes() {
     let mut a = spawn_worker(&h, "a", &[]);
     // Only worker a exists until the job runs there.
     wait_until(Duration::from_secs(120), "the job to run", || async {
-        running_attempts(&h, job.id).await == 2
+        h.running_attempts(job.id).await == 2
     })
     .await;
     let b = spawn_worker(&h, "b", &[]);
@@ -279,7 +270,7 @@ async fn sigterm_releases_unfinished_jobs_which_complete_later() {
         .unwrap();
     let mut w = spawn_worker(&h, "graceful", &[("WORKER_SHUTDOWN_GRACE_SECS", "2")]);
     wait_until(Duration::from_secs(120), "the job to run", || async {
-        running_attempts(&h, slow.id).await == 2
+        h.running_attempts(slow.id).await == 2
     })
     .await;
     let signalled = std::time::Instant::now();
@@ -311,19 +302,7 @@ async fn sigterm_releases_unfinished_jobs_which_complete_later() {
     assert_eq!(stopped, 1);
 
     // Point the job at a quick version of the task so the next worker finishes it fast.
-    let quick = terminal_bench_worker::task::zip_dir(&sleepy_task(dir.path(), 1)).unwrap();
-    let url = h
-        .app
-        .store
-        .put("tasks/quick.zip", quick.into(), "application/zip")
-        .await
-        .unwrap();
-    h.db.execute_unprepared(&format!(
-        "UPDATE jobs SET zip_object_url = '{url}' WHERE id = '{}'",
-        slow.id
-    ))
-    .await
-    .unwrap();
+    h.point_at_quick_task(slow.id, dir.path()).await;
     let _next = spawn_worker(&h, "next", &[]);
     let done = h.wait_final(slow.id, Duration::from_secs(180)).await;
     assert_eq!(done.status, JobStatus::Completed);
@@ -431,7 +410,7 @@ async fn a_second_signal_exits_at_once_and_still_releases_the_job() {
         Duration::from_secs(120),
         "the job to run in its container",
         || async {
-            running_attempts(&h, job.id).await > 0 && !h.containers_of(job.id).await.is_empty()
+            h.running_attempts(job.id).await > 0 && !h.containers_of(job.id).await.is_empty()
         },
     )
     .await;

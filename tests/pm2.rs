@@ -12,11 +12,8 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::*;
-use entity::attempt::AttemptStatus;
 use entity::job::JobStatus;
-use sea_orm::ConnectionTrait;
-use terminal_bench_worker::{db, submit};
-use uuid::Uuid;
+use terminal_bench_worker::submit;
 
 const APP: &str = "terminal-bench-worker";
 
@@ -136,15 +133,6 @@ async fn wait_for(limit: Duration, what: &str, mut check: impl AsyncFnMut() -> b
     }
 }
 
-async fn running_attempts(h: &Harness, job: Uuid) -> usize {
-    db::attempts_of(&h.db, job)
-        .await
-        .unwrap()
-        .iter()
-        .filter(|a| a.status == AttemptStatus::Running)
-        .count()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pm2_start_runs_a_job_and_files_routine_lines_and_problems_apart() {
     let h = harness(&[]).await;
@@ -214,7 +202,7 @@ async fn pm2_reload_and_stop_drain_and_the_released_job_completes_later() {
     let pm2 = Pm2::new(&h, "drain", &[]);
     pm2.run(&["start", "ecosystem.config.js"]);
     wait_for(Duration::from_secs(60), "the job to run", async || {
-        running_attempts(&h, slow.id).await == 1
+        h.running_attempts(slow.id).await == 1
     })
     .await;
     let first_pid = pm2.app_info()["pid"].clone();
@@ -239,7 +227,7 @@ async fn pm2_reload_and_stop_drain_and_the_released_job_completes_later() {
     wait_for(
         Duration::from_secs(30),
         "the new worker to run the job",
-        async || running_attempts(&h, slow.id).await == 1,
+        async || h.running_attempts(slow.id).await == 1,
     )
     .await;
 
@@ -250,26 +238,14 @@ async fn pm2_reload_and_stop_drain_and_the_released_job_completes_later() {
     assert_eq!(info["pm2_env"]["exit_code"], 0, "{info}\n{}", pm2.logs());
     let job = h.job(slow.id).await;
     assert_eq!(job.status, JobStatus::Queued, "{}", pm2.logs());
-    assert_eq!(running_attempts(&h, slow.id).await, 0);
+    assert_eq!(h.running_attempts(slow.id).await, 0);
     assert!(
         h.containers_of(slow.id).await.is_empty(),
         "its containers were removed"
     );
 
     // Point the job at a quick version of the task; the next start finishes it.
-    let quick = terminal_bench_worker::task::zip_dir(&sleepy_task(dir.path(), 1)).unwrap();
-    let url = h
-        .app
-        .store
-        .put("tasks/quick.zip", quick.into(), "application/zip")
-        .await
-        .unwrap();
-    h.db.execute_unprepared(&format!(
-        "UPDATE jobs SET zip_object_url = '{url}' WHERE id = '{}'",
-        slow.id
-    ))
-    .await
-    .unwrap();
+    h.point_at_quick_task(slow.id, dir.path()).await;
     pm2.run(&["start", APP]);
     let done = h.wait_final(slow.id, Duration::from_secs(60)).await;
     assert_eq!(done.status, JobStatus::Completed, "{}", pm2.logs());

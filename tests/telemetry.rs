@@ -733,19 +733,8 @@ async fn a_cancelled_job_has_a_cancelled_event_and_is_counted() {
         .await
         .unwrap();
     let worker = Worker::start(&h, &url, &[("OTEL_METRIC_EXPORT_INTERVAL", "500")]);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while !db::attempts_of(&h.db, job.id)
-        .await
-        .unwrap()
-        .iter()
-        .any(|a| a.status == AttemptStatus::Running)
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the attempt never started"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    h.wait_running(job.id, Duration::from_secs(120), String::new)
+        .await;
     assert!(db::cancel_job(&h.db, job.id).await.unwrap());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while !db::attempts_of(&h.db, job.id)

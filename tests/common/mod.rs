@@ -183,6 +183,47 @@ impl Harness {
         }
     }
 
+    /// How many of the job's attempts are `running` now.
+    pub async fn running_attempts(&self, job: Uuid) -> usize {
+        db::attempts_of(&self.db, job)
+            .await
+            .expect("query")
+            .iter()
+            .filter(|a| a.status == entity::attempt::AttemptStatus::Running)
+            .count()
+    }
+
+    /// Wait until one of the job's attempts runs; `context` is printed if it never does.
+    pub async fn wait_running(&self, job: Uuid, limit: Duration, context: impl Fn() -> String) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.running_attempts(job).await == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no attempt of job {job} ran within {limit:?}\n{}",
+                context()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Point a queued job at a copy of the 1-second sleepy task, so the next worker to take it finishes fast.
+    pub async fn point_at_quick_task(&self, job: Uuid, dir: &Path) {
+        use sea_orm::ConnectionTrait;
+        let quick = terminal_bench_worker::task::zip_dir(&sleepy_task(dir, 1)).expect("zip");
+        let url = self
+            .app
+            .store
+            .put("tasks/quick.zip", quick.into(), "application/zip")
+            .await
+            .expect("upload");
+        self.db
+            .execute_unprepared(&format!(
+                "UPDATE jobs SET zip_object_url = '{url}' WHERE id = '{job}'"
+            ))
+            .await
+            .expect("update");
+    }
+
     /// Keys stored under a prefix.
     pub async fn keys(&self, prefix: &str) -> Vec<String> {
         let out = self
