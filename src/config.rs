@@ -106,6 +106,8 @@ pub struct Config {
     /// `WORKER_LEASE_SECS` (15): a claimed job is rescued by another worker this long after its worker's last
     /// heartbeat (renewed every third of it).
     pub lease: Duration,
+    /// `WORKER_IDLE_LOG_SECS` (60): an idle daemon logs one line this often, so silence never reads as a hang.
+    pub idle_log_interval: Duration,
     /// `MAX_JOB_RESCUES` (3): how often a job is taken back from a lost worker before it fails.
     pub max_rescues: i32,
     /// `DEFAULT_CPUS` (1): CPU limit when `task.toml` names none.
@@ -281,6 +283,12 @@ impl Config {
             "a whole number of seconds (at least 3)",
             |v| *v >= 3,
         );
+        let idle_log_secs: u64 = r.parsed(
+            "WORKER_IDLE_LOG_SECS",
+            60,
+            "a whole number of seconds (at least 1)",
+            |v| *v >= 1,
+        );
         let max_rescues: i32 = r.parsed("MAX_JOB_RESCUES", 3, "a whole number (0 or more)", |v| {
             *v >= 0
         });
@@ -367,6 +375,7 @@ impl Config {
             attempt_timeout: Duration::from_millis(attempt_ms),
             job_timeout: Duration::from_millis(job_ms),
             lease: Duration::from_secs(lease_secs),
+            idle_log_interval: Duration::from_secs(idle_log_secs),
             max_rescues,
             default_cpus,
             default_memory_mb,

@@ -34,9 +34,6 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Queued jobs read per poll.
 const POLL_BATCH: u64 = 500;
 
-/// How often an idle worker says it is alive (silence in a log reads like a hang).
-const IDLE_HEARTBEAT: Duration = Duration::from_secs(60);
-
 /// The poller's state: the pipeline and the jobs it holds.
 pub struct Poller {
     app: App,
@@ -256,7 +253,7 @@ pub async fn run(app: App, shutdown: CancellationToken, grace: Duration) -> Resu
         }
         if !poller.held.is_empty() {
             last_said = tokio::time::Instant::now();
-        } else if last_said.elapsed() >= IDLE_HEARTBEAT {
+        } else if last_said.elapsed() >= app.config.idle_log_interval {
             tracing::info!(
                 "idle: no jobs here, {} queued in the database, polling every {} ms",
                 poller.queued,

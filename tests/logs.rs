@@ -172,3 +172,41 @@ fn operator_commands_print_their_answer_without_log_chatter() {
         "migrations and set-up say nothing at the default level"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_daemon_says_so_at_its_interval_instead_of_falling_silent() {
+    let h = harness(&[]).await;
+    let log = h.work.path().join("idle.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let mut child = worker_command(&h, h.work.path())
+        .env("WORKER_POLL_INTERVAL_MS", "200")
+        .env("WORKER_IDLE_LOG_SECS", "1")
+        .arg("worker")
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let idle_lines = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("idle: no jobs here, 0 queued in the database"))
+            .count()
+    };
+    while idle_lines() < 3 && started.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(idle_lines() >= 3, "three idle lines within 30 s:\n{text}");
+    let took = started.elapsed();
+    assert!(
+        idle_lines() <= took.as_secs() as usize + 1,
+        "one line per interval, not one per poll ({} in {took:?}):\n{text}",
+        idle_lines()
+    );
+}
