@@ -399,6 +399,31 @@ pub async fn running_jobs(db: &impl ConnectionTrait) -> Result<Vec<job::Model>, 
 }
 
 /// The attempts of a cancelled job that had not finished: `failed` with `CancellationError`.
+/// Give a job back that this worker (or a lost one) no longer runs, inside the transaction holding its claim: a
+/// `running` job and its running attempts go back to `queued`; a job the platform cancelled meanwhile keeps the
+/// platform's status and message, and its unfinished attempts end as `CancellationError` rather than waiting in
+/// `queued` for a run that will never come. Returns true when the job went back to the queue.
+pub async fn give_back_job(txn: &impl ConnectionTrait, job_id: Uuid) -> Result<bool, DbErr> {
+    let requeued = txn
+        .execute_raw(sea_orm::Statement::from_sql_and_values(
+            txn.get_database_backend(),
+            "UPDATE jobs SET status = 'queued', updated_at = now() WHERE id = $1 AND status = 'running'",
+            [job_id.into()],
+        ))
+        .await?
+        .rows_affected()
+        == 1;
+    if requeued {
+        requeue_running_attempts(txn, attempt::Column::JobId.eq(job_id)).await?;
+    } else if find_job(txn, job_id)
+        .await?
+        .is_some_and(|j| j.is_cancelled())
+    {
+        fail_cancelled_attempts(txn, job_id).await?;
+    }
+    Ok(requeued)
+}
+
 async fn fail_cancelled_attempts(txn: &impl ConnectionTrait, job_id: Uuid) -> Result<u64, DbErr> {
     fail_unfinished_attempts(
         txn,

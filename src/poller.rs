@@ -345,6 +345,16 @@ async fn housekeeping(app: App, poke: Arc<Notify>, stop: CancellationToken) {
             Ok(rescued) => taken_back.extend(rescued),
             Err(e) => tracing::warn!(error = %chain(&e), "could not rescue expired claims"),
         }
+        match claims::end_cancelled_orphans(&app.db, co.worker_id).await {
+            Ok(ended) => {
+                for job in ended {
+                    tracing::info!(job = %job, "ended the attempts of a cancelled job whose worker was lost");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %chain(&e), "could not end cancelled jobs of lost workers")
+            }
+        }
         for r in &taken_back {
             metrics().job_rescued(r.job_id, r.rescues, r.gave_up);
             if r.gave_up {

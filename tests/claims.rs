@@ -353,3 +353,103 @@ async fn a_long_backlog_never_hides_another_owners_job_from_the_poll() {
         "at most 2 per owner"
     );
 }
+
+/// Cancel a job the way the platform's web application does: its status and message only.
+async fn platform_cancels(conn: &DatabaseConnection, job: Uuid) {
+    conn.execute_unprepared(&format!(
+        "UPDATE jobs SET status = 'failed', error_message = 'Job cancelled by user' WHERE id = '{job}'"
+    ))
+    .await
+    .unwrap();
+}
+
+/// The job's attempts as `(status, errorType)`.
+async fn attempt_states(conn: &DatabaseConnection, job: Uuid) -> Vec<(String, Option<String>)> {
+    db::attempts_of(conn, job)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| {
+            let kind = a
+                .metadata
+                .as_ref()
+                .and_then(|m| m["errorType"].as_str().map(str::to_string));
+            (a.status.as_str().to_string(), kind)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn releasing_or_rescuing_a_cancelled_job_ends_its_attempts_instead_of_requeueing_them() {
+    let (conn, users) = setup().await;
+    let limits = Limits {
+        max_jobs: 5,
+        max_active_per_owner: 1,
+    };
+    let cancelled = ("failed".to_string(), Some("CancellationError".to_string()));
+
+    // Released by its own worker (a shutdown) after the platform cancelled it.
+    let w = Uuid::new_v4();
+    let job = queue(&conn, users[0]).await;
+    let claim = claims::claim(&conn, w, job, limits, LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    let attempts = db::ensure_attempts(&conn, job, 2, Some(&claim))
+        .await
+        .unwrap();
+    db::attempt_started(&conn, attempts[0].id, Some(&claim))
+        .await
+        .unwrap();
+    platform_cancels(&conn, job).await;
+    assert!(claims::release(&conn, &claim).await.unwrap());
+    assert_eq!(attempt_states(&conn, job).await, vec![cancelled.clone(); 2]);
+    let row = db::find_job(&conn, job).await.unwrap().unwrap();
+    assert_eq!(row.error_message.as_deref(), Some("Job cancelled by user"));
+    assert_eq!(row.status.as_str(), "failed");
+
+    // Its worker died: the lease runs out and another worker ends the attempts (no rescue counted).
+    let dead = Uuid::new_v4();
+    let job = queue(&conn, users[1]).await;
+    let claim = claims::claim(&conn, dead, job, limits, LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    let attempts = db::ensure_attempts(&conn, job, 1, Some(&claim))
+        .await
+        .unwrap();
+    db::attempt_started(&conn, attempts[0].id, Some(&claim))
+        .await
+        .unwrap();
+    platform_cancels(&conn, job).await;
+    let other = Uuid::new_v4();
+    assert!(
+        claims::end_cancelled_orphans(&conn, other)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the lease has not run out yet"
+    );
+    expire_lease(&conn, job).await;
+    assert!(
+        claims::rescue_expired(&conn, 3, other)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a cancelled job is not rescued back to the queue"
+    );
+    assert_eq!(
+        claims::end_cancelled_orphans(&conn, other).await.unwrap(),
+        vec![job]
+    );
+    assert_eq!(attempt_states(&conn, job).await, vec![cancelled]);
+    assert!(
+        claims::end_cancelled_orphans(&conn, other)
+            .await
+            .unwrap()
+            .is_empty(),
+        "done once"
+    );
+    let row = db::find_job(&conn, job).await.unwrap().unwrap();
+    assert_eq!(row.error_message.as_deref(), Some("Job cancelled by user"));
+}

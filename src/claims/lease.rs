@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, TransactionTrait};
 use uuid::Uuid;
 
 use super::secs;
@@ -59,13 +59,7 @@ pub async fn release(db: &DatabaseConnection, claim: &Claim) -> Result<bool, DbE
         .rows_affected()
         == 1;
     if released {
-        txn.execute_raw(stmt(
-            "UPDATE jobs SET status = 'queued', updated_at = now() WHERE id = $1 AND status = 'running'",
-            vec![claim.job_id.into()],
-        ))
-        .await?;
-        crate::db::requeue_running_attempts(&txn, entity::attempt::Column::JobId.eq(claim.job_id))
-            .await?;
+        crate::db::give_back_job(&txn, claim.job_id).await?;
     }
     txn.commit().await?;
     Ok(released)

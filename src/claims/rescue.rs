@@ -2,7 +2,7 @@
 //! fail after too many rescues).
 
 use entity::attempt::ErrorType;
-use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, TransactionTrait};
 use uuid::Uuid;
 
 use super::{CLAIM_LOCK, Leases};
@@ -48,6 +48,38 @@ pub async fn rescue_expired(
     Ok(rescued)
 }
 
+/// Claims of jobs the platform cancelled whose worker was lost (its lease expired, `except`'s own aside): the claim
+/// is let go and the job's unfinished attempts end as `CancellationError`, instead of staying `running` for ever.
+/// The job keeps the platform's status and message. Returns the jobs so ended.
+pub async fn end_cancelled_orphans(
+    db: &DatabaseConnection,
+    except: Uuid,
+) -> Result<Vec<Uuid>, DbErr> {
+    let txn = db.begin().await?;
+    let rows = txn
+        .query_all_raw(stmt(
+            "SELECT c.job_id FROM tbw_claims c JOIN jobs j ON j.id = c.job_id
+             WHERE j.status = 'failed' AND lower(coalesce(j.error_message, '')) LIKE '%cancelled%'
+               AND c.worker_id IS NOT NULL AND c.worker_id <> $1 AND c.lease_expires_at < now()
+             FOR UPDATE OF c SKIP LOCKED",
+            vec![except.into()],
+        ))
+        .await?;
+    let mut ended = Vec::new();
+    for row in rows {
+        let job_id: Uuid = row.try_get("", "job_id")?;
+        txn.execute_raw(stmt(
+            "UPDATE tbw_claims SET worker_id = NULL, epoch = epoch + 1, lease_expires_at = NULL WHERE job_id = $1",
+            vec![job_id.into()],
+        ))
+        .await?;
+        crate::db::give_back_job(&txn, job_id).await?;
+        ended.push(job_id);
+    }
+    txn.commit().await?;
+    Ok(ended)
+}
+
 /// Inside a transaction holding the claim row: count one more rescue of the job and put it back to `queued` (its
 /// unfinished attempts too), or fail it once it has been taken back more than `max_rescues` times, so a job whose
 /// runs keep breaking cannot loop forever.
@@ -78,12 +110,7 @@ async fn take_back(
         crate::db::fail_unfinished_attempts(txn, job_id, ErrorType::ExecutionError, &message)
             .await?;
     } else {
-        txn.execute_raw(stmt(
-            "UPDATE jobs SET status = 'queued', updated_at = now() WHERE id = $1 AND status = 'running'",
-            vec![job_id.into()],
-        ))
-        .await?;
-        crate::db::requeue_running_attempts(txn, entity::attempt::Column::JobId.eq(job_id)).await?;
+        crate::db::give_back_job(txn, job_id).await?;
     }
     Ok(Rescued {
         job_id,
