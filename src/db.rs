@@ -9,7 +9,7 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
-    DbErr, EntityTrait, QueryFilter, QueryOrder,
+    DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -54,9 +54,27 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
     Database::connect(options).await
 }
 
-/// Apply pending migrations.
+/// Key of the advisory lock that lets one process at a time migrate a PostgreSQL database.
+const MIGRATION_LOCK: i64 = 0x7462_775f_6d69_6772;
+
+/// Apply pending migrations. On PostgreSQL, workers starting together take turns under an advisory lock (held by a
+/// transaction on one connection while the migrations run on others), so two never race to create the same table
+/// and none fails its start; the last ones find nothing left to do.
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
-    Migrator::up(db, None).await
+    if db.get_database_backend() != DbBackend::Postgres {
+        return Migrator::up(db, None).await;
+    }
+    let lock = db.begin().await?;
+    lock.execute_raw(sea_orm::Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "SELECT pg_advisory_xact_lock($1)",
+        [MIGRATION_LOCK.into()],
+    ))
+    .await?;
+    let result = Migrator::up(db, None).await;
+    // Ending the transaction releases the lock whether or not the migrations succeeded.
+    lock.rollback().await?;
+    result
 }
 
 /// Insert a `queued` job, as the web application does.
@@ -138,7 +156,7 @@ pub async fn queued_jobs_fairly(
     per_owner: u64,
     limit: u64,
 ) -> Result<Vec<job::Model>, DbErr> {
-    if db.get_database_backend() != sea_orm::DbBackend::Postgres {
+    if db.get_database_backend() != DbBackend::Postgres {
         return queued_jobs(db, limit).await;
     }
     let sql = "WITH q AS (
@@ -157,7 +175,7 @@ pub async fn queued_jobs_fairly(
     let values = vec![bound(per_owner).into(), bound(limit).into()];
     job::Entity::find()
         .from_raw_sql(sea_orm::Statement::from_sql_and_values(
-            sea_orm::DbBackend::Postgres,
+            DbBackend::Postgres,
             sql,
             values,
         ))

@@ -352,7 +352,7 @@ async fn housekeeping(app: App, poke: Arc<Notify>, stop: CancellationToken) {
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %chain(&e), "could not end cancelled jobs of lost workers")
+                tracing::warn!(error = %chain(&e), "could not end cancelled jobs of lost workers");
             }
         }
         for r in &taken_back {

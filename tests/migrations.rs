@@ -195,3 +195,39 @@ async fn worker_tables_trigger_and_unique_attempts_are_installed() {
     );
     assert_eq!(db::attempts_of(&conn, job.id).await.unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_starting_together_migrate_one_at_a_time_and_all_start() {
+    let t = fresh_database().await;
+    // Eight "workers" with pools of their own migrate an empty database at the same moment.
+    let mut starts = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let url = t.url.clone();
+        starts.spawn(async move {
+            let conn = db::connect(&url).await?;
+            db::migrate(&conn).await
+        });
+    }
+    let mut failures = Vec::new();
+    while let Some(result) = starts.join_next().await {
+        if let Err(e) = result.unwrap() {
+            failures.push(e.to_string());
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "a worker failed to start: {failures:?}"
+    );
+    let conn = db::connect(&t.url).await.unwrap();
+    let applied = conn
+        .query_one_raw(Statement::from_string(
+            conn.get_database_backend(),
+            "SELECT count(*) AS n FROM seaql_migrations",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get::<i64>("", "n")
+        .unwrap();
+    assert_eq!(applied, 2, "each migration recorded once");
+}
