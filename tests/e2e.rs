@@ -480,3 +480,45 @@ async fn long_output_is_kept_truncated_not_lost() {
         .await;
     assert_eq!(full.len(), 1_000_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_whose_shell_never_returns_fails_its_attempt_with_a_timeout_and_leaves_nothing() {
+    let h = harness(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    // The last build step replaces /bin/sh with a script that never ends: every command the worker runs in the
+    // container goes through sh.
+    let hang = "FROM debian:bookworm-slim\nWORKDIR /app\n\
+        RUN cp /bin/bash /bin/realbash && printf '#!/bin/realbash\\nexec /bin/sleep infinity\\n' > /tmp/sh \
+        && chmod +x /tmp/sh && mv /tmp/sh /bin/sh\n";
+    let task = write_task(
+        dir.path(),
+        "shell-hangs",
+        &[
+            ("task.toml", ""),
+            ("environment/Dockerfile", hang),
+            ("solution/solve.sh", "#!/bin/bash\ntouch /app/done\n"),
+            ("tests/test.sh", TEST_DONE),
+        ],
+    );
+    let job = submit::submit(&h.app, &task, 1, None).await.unwrap();
+    let started = std::time::Instant::now();
+    let done = h.run_until_final(job.id, Duration::from_secs(300)).await;
+    let attempt = db::attempts_of(&h.db, job.id).await.unwrap().remove(0);
+    assert_eq!(attempt.status, AttemptStatus::Failed);
+    let meta = attempt.metadata.unwrap();
+    assert_eq!(meta["errorType"], "TimeoutError", "{meta}");
+    assert!(
+        meta["error"].as_str().unwrap().contains("did not answer"),
+        "{meta}"
+    );
+    assert!(done.status.is_final());
+    assert!(
+        h.containers_of(job.id).await.is_empty(),
+        "the hung container was removed"
+    );
+    println!(
+        "shell that never returns: attempt failed after {:?}: {}",
+        started.elapsed(),
+        meta["error"]
+    );
+}

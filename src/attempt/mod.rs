@@ -136,7 +136,19 @@ pub async fn run_attempt(
     let sandbox: Option<Box<dyn Sandbox>> = match slot {
         Slot::Empty => None,
         Slot::Ready(sb) => Some(sb),
-        Slot::Starting(handle) => handle.await.ok().and_then(Result::ok),
+        // Bounded: the start's own steps are, but a wait here must never hold the job.
+        Slot::Starting(mut handle) => {
+            match tokio::time::timeout(TEARDOWN_TIMEOUT, &mut handle).await {
+                Ok(started) => started.ok().and_then(Result::ok),
+                Err(_) => {
+                    handle.abort();
+                    tracing::warn!(
+                        "the attempt's container did not finish starting; the sweep of finished jobs removes it"
+                    );
+                    None
+                }
+            }
+        }
     };
     match interrupted {
         Some(Interrupted::Job(StopReason::Cancelled)) => out.fail(
@@ -270,7 +282,11 @@ async fn phases(
         Err(e) => {
             *slot = Slot::Empty;
             out.timing.environment_setup = Some(started.elapsed());
-            out.fail(ErrorType::ExecutionError, e.to_string());
+            let kind = match e {
+                crate::runtime::RuntimeError::StartTimeout(_) => ErrorType::TimeoutError,
+                _ => ErrorType::ExecutionError,
+            };
+            out.fail(kind, e.to_string());
             return;
         }
     };

@@ -34,6 +34,12 @@ pub enum RuntimeError {
     /// Building the environment took longer than `[environment] build_timeout_sec`.
     #[error("building the task's environment took longer than {0:?}")]
     BuildTimeout(Duration),
+    /// The new container did not answer its first command in time (e.g. an image whose shell never returns); it
+    /// was removed.
+    #[error(
+        "the task's container did not answer within {0:?} of starting (does its shell hang?); it was removed"
+    )]
+    StartTimeout(Duration),
     /// The sandbox could not be created or started, for a reason said in words.
     #[error("could not start the task's container: {0}")]
     Start(String),

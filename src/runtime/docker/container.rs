@@ -18,6 +18,9 @@ use super::labels::{LABEL_ATTEMPT, LABEL_ATTEMPT_INDEX, LABEL_JOB, LABEL_MANAGED
 use super::{is_not_found, transfer};
 use crate::runtime::{ExecOutput, PreparedImage, RuntimeError, Sandbox, SandboxSpec};
 
+/// Longest wait for the container's first command (making its folders) and for stopping its processes.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Most processes one container may run.
 const PIDS_LIMIT: i64 = 4096;
 
@@ -101,7 +104,13 @@ pub(super) async fn start(
         "mkdir -p /logs/agent /logs/verifier {}",
         shell_quote(&sandbox.workdir)
     );
-    match sandbox.exec_in(&setup, "/").await {
+    // The image is the task's: its shell may never return. Nothing here waits on it without a bound.
+    let Ok(prepared) = tokio::time::timeout(SETUP_TIMEOUT, sandbox.exec_in(&setup, "/")).await
+    else {
+        let _ = sandbox.remove().await;
+        return Err(RuntimeError::StartTimeout(SETUP_TIMEOUT));
+    };
+    match prepared {
         Ok(out) if out.exit_code == Some(0) => Ok(sandbox),
         Ok(out) => {
             let _ = sandbox.remove().await;
@@ -182,10 +191,17 @@ impl Sandbox for DockerSandbox {
     }
 
     async fn kill_processes(&self) -> Result<(), RuntimeError> {
-        // kill(-1) reaches every process but PID 1 (the keep-alive) and the caller itself.
-        self.exec_in("kill -9 -1 2>/dev/null; true", "/")
-            .await
-            .map(drop)
+        // kill(-1) reaches every process but PID 1 (the keep-alive) and the caller itself. A container whose shell
+        // hangs cannot run it: removing the container (teardown) stops everything anyway.
+        match tokio::time::timeout(
+            SETUP_TIMEOUT,
+            self.exec_in("kill -9 -1 2>/dev/null; true", "/"),
+        )
+        .await
+        {
+            Ok(result) => result.map(drop),
+            Err(_) => Err(RuntimeError::StartTimeout(SETUP_TIMEOUT)),
+        }
     }
 
     async fn remove(&self) -> Result<(), RuntimeError> {
