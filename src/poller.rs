@@ -42,7 +42,8 @@ pub struct Poller {
     held: HashSet<Uuid>,
     tasks: JoinSet<Result<(), BoxError>>,
     task_jobs: HashMap<tokio::task::Id, Uuid>,
-    queued: usize,
+    /// Jobs `queued` in the database at the last poll.
+    queued: u64,
 }
 
 impl Poller {
@@ -71,7 +72,6 @@ impl Poller {
         // As many of an owner's jobs as the pipeline can hold for one owner; more would only be refused.
         let per_owner = (config.max_active_jobs_per_user + config.max_queued_jobs_per_user) as u64;
         let queued = db::queued_jobs_fairly(&self.app.db, per_owner, POLL_BATCH).await?;
-        self.queued = queued.len();
         let mut offered = 0;
         for job in queued {
             if !self.held.insert(job.id) {
@@ -83,7 +83,8 @@ impl Poller {
             let handle = self.tasks.spawn(async move { call.await.map(|_| ()) });
             self.task_jobs.insert(handle.id(), id);
         }
-        metrics().set_queued(db::count_queued(&self.app.db).await?);
+        self.queued = db::count_queued(&self.app.db).await?;
+        metrics().set_queued(self.queued);
         metrics().set_in_pipeline(self.held.len());
         Ok(offered)
     }
