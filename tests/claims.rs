@@ -379,28 +379,38 @@ async fn attempt_states(conn: &DatabaseConnection, job: Uuid) -> Vec<(String, Op
         .collect()
 }
 
-#[tokio::test]
-async fn releasing_or_rescuing_a_cancelled_job_ends_its_attempts_instead_of_requeueing_them() {
-    let (conn, users) = setup().await;
+/// A job of `owner` claimed by `worker` with `runs` attempts, the first of them started.
+async fn claimed_and_started(
+    conn: &DatabaseConnection,
+    worker: Uuid,
+    owner: Uuid,
+    runs: i32,
+) -> (Uuid, Claim) {
     let limits = Limits {
         max_jobs: 5,
         max_active_per_owner: 1,
     };
-    let cancelled = ("failed".to_string(), Some("CancellationError".to_string()));
-
-    // Released by its own worker (a shutdown) after the platform cancelled it.
-    let w = Uuid::new_v4();
-    let job = queue(&conn, users[0]).await;
-    let claim = claims::claim(&conn, w, job, limits, LEASE)
+    let job = queue(conn, owner).await;
+    let claim = claims::claim(conn, worker, job, limits, LEASE)
         .await
         .unwrap()
         .unwrap();
-    let attempts = db::ensure_attempts(&conn, job, 2, Some(&claim))
+    let attempts = db::ensure_attempts(conn, job, runs, Some(&claim))
         .await
         .unwrap();
-    db::attempt_started(&conn, attempts[0].id, Some(&claim))
+    db::attempt_started(conn, attempts[0].id, Some(&claim))
         .await
         .unwrap();
+    (job, claim)
+}
+
+#[tokio::test]
+async fn releasing_or_rescuing_a_cancelled_job_ends_its_attempts_instead_of_requeueing_them() {
+    let (conn, users) = setup().await;
+    let cancelled = ("failed".to_string(), Some("CancellationError".to_string()));
+
+    // Released by its own worker (a shutdown) after the platform cancelled it.
+    let (job, claim) = claimed_and_started(&conn, Uuid::new_v4(), users[0], 2).await;
     platform_cancels(&conn, job).await;
     assert!(claims::release(&conn, &claim).await.unwrap());
     assert_eq!(attempt_states(&conn, job).await, vec![cancelled.clone(); 2]);
@@ -409,18 +419,7 @@ async fn releasing_or_rescuing_a_cancelled_job_ends_its_attempts_instead_of_requ
     assert_eq!(row.status.as_str(), "failed");
 
     // Its worker died: the lease runs out and another worker ends the attempts (no rescue counted).
-    let dead = Uuid::new_v4();
-    let job = queue(&conn, users[1]).await;
-    let claim = claims::claim(&conn, dead, job, limits, LEASE)
-        .await
-        .unwrap()
-        .unwrap();
-    let attempts = db::ensure_attempts(&conn, job, 1, Some(&claim))
-        .await
-        .unwrap();
-    db::attempt_started(&conn, attempts[0].id, Some(&claim))
-        .await
-        .unwrap();
+    let (job, _) = claimed_and_started(&conn, Uuid::new_v4(), users[1], 1).await;
     platform_cancels(&conn, job).await;
     let other = Uuid::new_v4();
     assert!(
