@@ -2,28 +2,15 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use entity::job::JobStatus;
 use sea_orm::ConnectionTrait;
 use terminal_bench_worker::db;
 
-fn bin() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_terminal-bench-worker"));
-    cmd.env_clear();
-    for var in ["PATH", "HOME", "DOCKER_HOST"] {
-        if let Some(v) = std::env::var_os(var) {
-            cmd.env(var, v);
-        }
-    }
-    cmd
-}
-
 #[test]
 fn run_uses_the_embedded_default_and_prints_a_results_table() {
     let dir = tempfile::tempdir().unwrap();
-    let out = bin()
+    let out = bare_command()
         .current_dir(dir.path())
         .args([
             "run",
@@ -65,7 +52,7 @@ fn run_uses_the_embedded_default_and_prints_a_results_table() {
 #[test]
 fn the_daemon_refuses_to_start_with_one_line_per_problem_and_no_secrets() {
     let dir = tempfile::tempdir().unwrap();
-    let out = bin()
+    let out = bare_command()
         .current_dir(dir.path())
         .env("S3_SECRET_ACCESS_KEY", "super-secret-value-123")
         .env("WORKER_POLL_INTERVAL_MS", "often")
@@ -98,7 +85,11 @@ fn the_daemon_refuses_to_start_with_one_line_per_problem_and_no_secrets() {
     .unwrap();
     let child = dir.path().join("child");
     std::fs::create_dir(&child).unwrap();
-    let out = bin().current_dir(&child).arg("worker").output().unwrap();
+    let out = bare_command()
+        .current_dir(&child)
+        .arg("worker")
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr.lines().any(|l| l == "configuration error: DATABASE_URL is not set (the worker daemon needs the platform's PostgreSQL)"), "{stderr}");
@@ -135,7 +126,7 @@ async fn submit_status_and_cancel_work_through_the_database() {
 
     let dir = tempfile::tempdir().unwrap();
     let run = |args: Vec<String>| {
-        let mut cmd = bin();
+        let mut cmd = bare_command();
         cmd.current_dir(dir.path())
             .env("DATABASE_URL", &t.url)
             .args(args);
@@ -204,7 +195,7 @@ async fn submit_status_and_cancel_work_through_the_database() {
 #[test]
 fn run_without_docker_says_so_and_uses_bubblewrap() {
     let dir = tempfile::tempdir().unwrap();
-    let out = bin()
+    let out = bare_command()
         .current_dir(dir.path())
         .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
         .args([
@@ -244,7 +235,7 @@ fn run_with_neither_docker_nor_bubblewrap_refuses_and_says_how_to_get_one() {
     // A PATH without bwrap (the refusal comes before anything else would need a program).
     let empty_path = dir.path().join("bin");
     std::fs::create_dir(&empty_path).unwrap();
-    let out = bin()
+    let out = bare_command()
         .current_dir(dir.path())
         .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
         .env("PATH", &empty_path)

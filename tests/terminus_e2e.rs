@@ -427,14 +427,9 @@ async fn the_key_appears_in_no_log_line_and_no_artifact_of_a_debug_run() {
     let work = dir.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
     // `run` on the embedded default, logging everything at debug level, as an operator chasing a problem would.
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_terminal-bench-worker"));
-    cmd.env_clear().current_dir(&work);
-    for var in ["PATH", "HOME", "DOCKER_HOST"] {
-        if let Some(v) = std::env::var_os(var) {
-            cmd.env(var, v);
-        }
-    }
+    let mut cmd = tokio::process::Command::from(bare_command());
     let output = cmd
+        .current_dir(&work)
         .env("WORKER_WORK_DIR", &work)
         .env("OPENAI_API_KEY", API_KEY)
         .env("OPENAI_BASE_URL", server.base_url())

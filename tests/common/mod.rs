@@ -302,17 +302,25 @@ impl Harness {
     }
 }
 
-/// The worker binary with a clean environment, pointed at this harness's database and bucket (add `worker` and
-/// any further settings).
-pub fn worker_command(h: &Harness, work: &Path) -> std::process::Command {
+/// The worker binary with a clean environment: only `PATH`, `HOME` and `DOCKER_HOST` are passed on, so no setting
+/// of the test's own environment leaks into what it checks.
+pub fn bare_command() -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_terminal-bench-worker"));
-    cmd.env_clear().current_dir(work);
+    cmd.env_clear();
     for var in ["PATH", "HOME", "DOCKER_HOST"] {
         if let Some(v) = std::env::var_os(var) {
             cmd.env(var, v);
         }
     }
-    cmd.env("DATABASE_URL", &h.test_db.url)
+    cmd
+}
+
+/// The worker binary with a clean environment, pointed at this harness's database and bucket (add `worker` and
+/// any further settings).
+pub fn worker_command(h: &Harness, work: &Path) -> std::process::Command {
+    let mut cmd = bare_command();
+    cmd.current_dir(work)
+        .env("DATABASE_URL", &h.test_db.url)
         .env("WORKER_WORK_DIR", work);
     for (k, v) in s3_vars(&h.bucket) {
         cmd.env(k, v);
