@@ -113,7 +113,7 @@ pub(super) fn read(r: &mut Reader<'_>) -> TerminusConfig {
         max_turns,
         reasoning_effort,
         context_tokens,
-        concurrency: (initial, min.min(initial), max.max(initial)),
+        concurrency: (initial, min, max),
         max_retries,
         request_timeout: Duration::from_millis(request_ms),
         setup_timeout: Duration::from_millis(setup_ms),
