@@ -422,15 +422,7 @@ pub async fn running_jobs(db: &impl ConnectionTrait) -> Result<Vec<job::Model>, 
 /// platform's status and message, and its unfinished attempts end as `CancellationError` rather than waiting in
 /// `queued` for a run that will never come. Returns true when the job went back to the queue.
 pub async fn give_back_job(txn: &impl ConnectionTrait, job_id: Uuid) -> Result<bool, DbErr> {
-    let requeued = txn
-        .execute_raw(sea_orm::Statement::from_sql_and_values(
-            txn.get_database_backend(),
-            "UPDATE jobs SET status = 'queued', updated_at = now() WHERE id = $1 AND status = 'running'",
-            [job_id.into()],
-        ))
-        .await?
-        .rows_affected()
-        == 1;
+    let requeued = transition_job(txn, job_id, JobStatus::Running, JobStatus::Queued, None).await?;
     if requeued {
         requeue_running_attempts(txn, attempt::Column::JobId.eq(job_id)).await?;
     } else if find_job(txn, job_id)
