@@ -7,9 +7,13 @@
 //! worker does not know are ignored, so newer tasks still load, but a known key with the wrong type
 //! or an impossible value is an error naming the key, rather than a silent default.
 
+mod ceilings;
 mod de;
 #[cfg(test)]
 mod tests;
+
+pub use ceilings::TaskCeilings;
+pub use de::{MIN_CPUS, MIN_MEMORY_MIB};
 
 use std::collections::BTreeMap;
 use std::fs;

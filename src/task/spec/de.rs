@@ -67,11 +67,11 @@ pub(super) struct EnvironmentToml {
     build_timeout_sec: f64,
     #[serde(deserialize_with = "non_empty_string")]
     docker_image: Option<String>,
-    #[serde(deserialize_with = "positive_number")]
+    #[serde(deserialize_with = "cpu_count")]
     cpus: Option<f64>,
-    #[serde(deserialize_with = "whole_mib")]
+    #[serde(deserialize_with = "memory_whole_mib")]
     memory_mb: Option<u64>,
-    #[serde(deserialize_with = "size_mib")]
+    #[serde(deserialize_with = "memory_size_mib")]
     memory: Option<u64>,
     #[serde(deserialize_with = "whole_mib")]
     storage_mb: Option<u64>,
@@ -162,10 +162,14 @@ impl<'de> Deserialize<'de> for TomlString {
     }
 }
 
-/// A number of seconds a [`Duration`] can hold, above zero.
+/// A number of seconds a [`Duration`] can hold, above zero once rounded to nanoseconds (a zero timeout is
+/// refused rather than read as "no time at all" or "no limit").
 pub(super) fn positive_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     let value = number(d)?;
-    if value.is_finite() && value > 0.0 && Duration::try_from_secs_f64(value).is_ok() {
+    if value.is_finite()
+        && value > 0.0
+        && Duration::try_from_secs_f64(value).is_ok_and(|limit| !limit.is_zero())
+    {
         Ok(value)
     } else {
         Err(D::Error::custom(format!(
@@ -179,15 +183,45 @@ pub(super) fn optional_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option
     positive_seconds(d).map(Some)
 }
 
-/// A finite number above zero (CPUs, which may be fractions).
-pub(super) fn positive_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+/// The fewest CPUs a container may be limited to: Docker refuses less, and a limit that rounds to zero
+/// nanoCPUs would read as "no limit".
+pub const MIN_CPUS: f64 = 0.01;
+
+/// The least memory a container may be limited to, in MiB: Docker refuses less than 6 MiB.
+pub const MIN_MEMORY_MIB: u64 = 6;
+
+/// `cpus`: a finite number of at least [`MIN_CPUS`] (fractions allowed).
+pub(super) fn cpu_count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
     let value = number(d)?;
-    if value.is_finite() && value > 0.0 {
-        Ok(Some(value))
-    } else {
-        Err(D::Error::custom(format!(
+    if !(value.is_finite() && value > 0.0) {
+        return Err(D::Error::custom(format!(
             "must be a positive number, not {value}"
-        )))
+        )));
+    }
+    if value < MIN_CPUS {
+        return Err(D::Error::custom(format!(
+            "must be at least {MIN_CPUS} (Docker's smallest CPU limit; less would mean no limit), not {value}"
+        )));
+    }
+    Ok(Some(value))
+}
+
+/// `memory_mb`: [`whole_mib`], at least [`MIN_MEMORY_MIB`].
+pub(super) fn memory_whole_mib<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    at_least_min_memory(whole_mib(d)?)
+}
+
+/// `memory`: [`size_mib`], at least [`MIN_MEMORY_MIB`].
+pub(super) fn memory_size_mib<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    at_least_min_memory(size_mib(d)?)
+}
+
+fn at_least_min_memory<E: Error>(value: Option<u64>) -> Result<Option<u64>, E> {
+    match value {
+        Some(mib) if mib < MIN_MEMORY_MIB => Err(E::custom(format!(
+            "must be at least {MIN_MEMORY_MIB} MiB (Docker's smallest memory limit), not {mib} MiB"
+        ))),
+        checked => Ok(checked),
     }
 }
 

@@ -107,6 +107,45 @@ fn cpus_as_float_or_integer() {
         "task.toml: environment.cpus must be a positive number, not 0"
     );
     assert!(invalid("[environment]\ncpus = nan").contains("environment.cpus"));
+    assert!(invalid("[environment]\ncpus = -inf").contains("environment.cpus"));
+}
+
+#[test]
+fn limits_docker_would_read_as_unlimited_are_refused() {
+    // 1e-10 CPUs is 0 nanoCPUs, which Docker reads as "no limit".
+    assert_eq!(
+        invalid("[environment]\ncpus = 1e-10"),
+        "task.toml: environment.cpus must be at least 0.01 (Docker's smallest CPU limit; less would mean no limit), \
+         not 0.0000000001"
+    );
+    assert_eq!(
+        TaskSpec::parse("[environment]\ncpus = 0.01")
+            .unwrap()
+            .environment
+            .cpus,
+        Some(0.01)
+    );
+    // Memory under a MiB rounds to 0 bytes ("no limit"); under 6 MiB Docker refuses it.
+    for bad in ["memory = \"512K\"", "memory = \"0.5M\"", "memory = \"0\""] {
+        assert!(invalid(&format!("[environment]\n{bad}")).contains("environment.memory"));
+    }
+    assert_eq!(
+        invalid("[environment]\nmemory_mb = 5"),
+        "task.toml: environment.memory_mb must be at least 6 MiB (Docker's smallest memory limit), not 5 MiB"
+    );
+    assert!(invalid("[environment]\nmemory = \"2M\"").contains("at least 6 MiB"));
+    assert_eq!(
+        TaskSpec::parse("[environment]\nmemory = \"6M\"")
+            .unwrap()
+            .environment
+            .memory_mb,
+        Some(6)
+    );
+    // A timeout that rounds to zero nanoseconds is refused like zero itself.
+    assert!(
+        invalid("[verifier]\ntimeout_sec = 1e-12")
+            .starts_with("task.toml: verifier.timeout_sec must be a positive number of seconds")
+    );
 }
 
 #[test]
