@@ -8,6 +8,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod ceilings;
 mod otel;
 mod terminus;
 
@@ -114,6 +115,9 @@ pub struct Config {
     pub default_cpus: f64,
     /// `DEFAULT_MEMORY_MB` (2048): memory limit when `task.toml` names none.
     pub default_memory_mb: u64,
+    /// `MAX_TASK_CPUS`, `MAX_TASK_MEMORY_MB`, `MAX_TASK_STORAGE_MB`, `MAX_AGENT_TIMEOUT_SECS`,
+    /// `MAX_VERIFIER_TIMEOUT_SECS`: the most a task may ask for; more is lowered to these, with a warning.
+    pub task_ceilings: crate::task::TaskCeilings,
     /// `MAX_TASK_ARCHIVE_MB` (256): largest accepted task archive.
     pub max_archive_bytes: u64,
     /// `MAX_TASK_UNPACKED_MB` (512): largest accepted unpacked task.
@@ -314,6 +318,19 @@ impl Config {
             "a whole number of MiB (at least 64)",
             |v| *v >= 64,
         );
+        let task_ceilings = ceilings::read(&mut r);
+        if default_cpus > task_ceilings.cpus {
+            r.problems.push(format!(
+                "DEFAULT_CPUS ({default_cpus}) must not exceed MAX_TASK_CPUS ({})",
+                task_ceilings.cpus
+            ));
+        }
+        if default_memory_mb > task_ceilings.memory_mb {
+            r.problems.push(format!(
+                "DEFAULT_MEMORY_MB ({default_memory_mb}) must not exceed MAX_TASK_MEMORY_MB ({})",
+                task_ceilings.memory_mb
+            ));
+        }
         let archive_mb = r.parsed(
             "MAX_TASK_ARCHIVE_MB",
             256u64,
@@ -379,6 +396,7 @@ impl Config {
             max_rescues,
             default_cpus,
             default_memory_mb,
+            task_ceilings,
             max_archive_bytes: archive_mb * 1024 * 1024,
             max_unpacked_bytes: unpacked_mb * 1024 * 1024,
             work_dir,

@@ -249,7 +249,7 @@ impl App {
             ..ExtractLimits::default()
         };
         let dir = task_dir.clone();
-        let task: Task = tokio::task::spawn_blocking(move || -> Result<Task, JobError> {
+        let mut task: Task = tokio::task::spawn_blocking(move || -> Result<Task, JobError> {
             std::fs::create_dir_all(&dir).map_err(ArchiveError::Io)?;
             task::extract_zip(&archive, &dir, &limits)?;
             Ok(task::load_task(&dir)?)
@@ -257,6 +257,10 @@ impl App {
         .await
         .map_err(|e| JobError::Internal(e.into()))??;
         tracing::info!(job = %job.id, task = %task.name, runs = job.runs_requested, "task unpacked");
+        let limit_warnings = task.spec.clamp_to(&self.config.task_ceilings);
+        for warning in &limit_warnings {
+            tracing::warn!(job = %job.id, "task.toml asks for more than this worker allows: {warning}");
+        }
 
         let image = tokio::select! {
             image = self.runtime.prepare(job.id, &task.root, &task.spec) => image?,
@@ -275,6 +279,8 @@ impl App {
             job_id: job.id,
             default_cpus: self.config.default_cpus,
             default_memory_mb: self.config.default_memory_mb,
+            default_storage_mb: self.config.task_ceilings.storage_mb,
+            limit_warnings: limit_warnings.into(),
             attempt_timeout: timeout,
             scratch_root: scratch.join("attempts"),
             stop: stop.clone(),

@@ -55,6 +55,11 @@ pub struct AttemptContext {
     pub default_cpus: f64,
     /// Memory limit (MiB) when `task.toml` names none.
     pub default_memory_mb: u64,
+    /// Disk limit (MiB) when `task.toml` names none: the operator's ceiling, so no task writes without a bound.
+    pub default_storage_mb: u64,
+    /// What the operator's ceilings lowered in `task.toml` ([`crate::task::TaskSpec::clamp_to`]); every attempt
+    /// records them in its metadata and `result.json`.
+    pub limit_warnings: Arc<[String]>,
     /// Whole-attempt deadline (see [`attempt_timeout`]); the attempt stack's timeout layer enforces it.
     pub attempt_timeout: Duration,
     /// Host folder for this job's attempts' scratch space.
@@ -110,6 +115,7 @@ pub async fn run_attempt(
     deadline: CancellationToken,
 ) -> (AttemptOutcome, Option<Interrupted>) {
     let mut out = AttemptOutcome::new(attempt.id, attempt.index);
+    out.warnings = ctx.limit_warnings.to_vec();
     let scratch = ctx.scratch_root.join(format!("attempt-{}", attempt.index));
     let trial_dir = scratch.join("trial");
     let env = &ctx.task.spec.environment;
@@ -119,6 +125,7 @@ pub async fn run_attempt(
         attempt_index: attempt.index,
         cpus: env.cpus.unwrap_or(ctx.default_cpus),
         memory_mb: env.memory_mb.unwrap_or(ctx.default_memory_mb),
+        storage_mb: Some(env.storage_mb.unwrap_or(ctx.default_storage_mb)),
         workdir: env.workdir.clone(),
         env: env.env.clone(),
         scratch_dir: scratch.join("sandbox"),

@@ -116,6 +116,8 @@ pub struct AttemptOutcome {
     pub usage: Option<TokenUsage>,
     /// The agent's ATIF trajectory (`agent/trajectory.json` in the trial folder), for agents that keep one.
     pub trajectory: Option<Value>,
+    /// What the attempt should know it did not get as asked, e.g. `"cpus 10000 clamped to 2 (MAX_TASK_CPUS)"`.
+    pub warnings: Vec<String>,
 }
 
 /// Tokens an attempt's model calls used.
@@ -178,6 +180,7 @@ impl AttemptOutcome {
             model: None,
             usage: None,
             trajectory: None,
+            warnings: Vec::new(),
         }
     }
 
@@ -269,6 +272,9 @@ impl AttemptOutcome {
         }
         if self.agent_timed_out {
             m.insert("agentTimedOut".into(), json!(true));
+        }
+        if !self.warnings.is_empty() {
+            m.insert("warnings".into(), json!(self.warnings));
         }
         if let Some(id) = &self.container_id {
             m.insert("containerId".into(), json!(id));
@@ -397,6 +403,19 @@ mod tests {
             assert_eq!(kind.as_str(), name);
             assert_eq!(serde_json::to_value(kind).unwrap(), json!(name));
         }
+    }
+
+    #[test]
+    fn clamp_warnings_are_kept_in_the_metadata_whatever_the_status() {
+        let mut o = outcome(1, 1, true);
+        assert!(o.metadata_json("oracle").get("warnings").is_none());
+        o.warnings = vec!["cpus 10000 clamped to 2 (MAX_TASK_CPUS)".into()];
+        o.finalize_status();
+        assert_eq!(o.status, AttemptStatus::Success);
+        assert_eq!(
+            o.metadata_json("oracle")["warnings"],
+            json!(["cpus 10000 clamped to 2 (MAX_TASK_CPUS)"])
+        );
     }
 
     #[test]

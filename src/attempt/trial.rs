@@ -50,6 +50,7 @@ pub fn result_json(ctx: &AttemptContext, out: &AttemptOutcome) -> serde_json::Va
             "exception_type": kind.as_str(),
             "exception_message": message,
         })),
+        "warnings": out.warnings,
         "started_at": out.started_at,
         "finished_at": out.finished_at,
         "timing_ms": {

@@ -18,5 +18,6 @@ pub mod spec;
 
 pub use archive::{ArchiveError, ExtractLimits, ExtractSummary, extract_zip, zip_dir};
 pub use spec::{
-    AgentConfig, EnvironmentConfig, Task, TaskError, TaskSpec, VerifierConfig, load_task,
+    AgentConfig, EnvironmentConfig, MIN_CPUS, MIN_MEMORY_MIB, Task, TaskCeilings, TaskError,
+    TaskSpec, VerifierConfig, load_task,
 };
