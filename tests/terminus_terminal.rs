@@ -65,6 +65,7 @@ async fn with_sandbox(runtime: &DockerRuntime, image: &PreparedImage, body: Body
         memory_mb: 512,
         workdir: None,
         env: Default::default(),
+        storage_mb: None,
         scratch_dir: scratch.path().to_path_buf(),
         worker_id: None,
     };

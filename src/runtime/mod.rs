@@ -106,6 +106,9 @@ pub struct SandboxSpec {
     pub cpus: f64,
     /// Memory limit in MiB.
     pub memory_mb: u64,
+    /// Disk limit in MiB: how much the sandbox may write. Docker enforces it with `storage_opt size` where its
+    /// storage driver can; where it cannot, what is copied out of the sandbox is capped by it instead.
+    pub storage_mb: Option<u64>,
     /// Working folder for commands; `None` means the image's WORKDIR (or `/app` when it has none).
     pub workdir: Option<String>,
     /// Environment variables set for every command (from `[environment] env` of `task.toml`).

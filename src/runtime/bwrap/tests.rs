@@ -39,6 +39,7 @@ fn spec(scratch: &Path) -> SandboxSpec {
         memory_mb: 512,
         workdir: None,
         env: BTreeMap::from([("GREETING".to_owned(), "hello from /app".to_owned())]),
+        storage_mb: None,
         scratch_dir: scratch.join("attempt-0"),
         worker_id: None,
     }

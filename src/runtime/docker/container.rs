@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use super::exec::{self, shell_quote};
 use super::labels::{LABEL_ATTEMPT, LABEL_ATTEMPT_INDEX, LABEL_JOB, LABEL_MANAGED, LABEL_WORKER};
+use super::storage::{self, StorageQuota};
 use super::{is_not_found, transfer};
 use crate::runtime::{ExecOutput, PreparedImage, RuntimeError, Sandbox, SandboxSpec};
 
@@ -37,6 +38,7 @@ pub(super) async fn start(
     docker: &Docker,
     image: &PreparedImage,
     spec: &SandboxSpec,
+    quota: &StorageQuota,
 ) -> Result<DockerSandbox, RuntimeError> {
     let workdir = spec
         .workdir
@@ -83,11 +85,8 @@ pub(super) async fn start(
         spec.attempt_index,
         &Uuid::new_v4().simple().to_string()[..6]
     );
-    let created = docker
-        .create_container(
-            Some(CreateContainerOptionsBuilder::new().name(&name).build()),
-            body,
-        )
+    let options = CreateContainerOptionsBuilder::new().name(&name).build();
+    let created = storage::create_container(docker, quota, options, body, spec.storage_mb)
         .await
         .map_err(RuntimeError::Container)?;
     let sandbox = DockerSandbox {

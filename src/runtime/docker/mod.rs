@@ -14,9 +14,11 @@ mod container;
 mod exec;
 mod image;
 mod labels;
+mod storage;
 mod transfer;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -27,6 +29,7 @@ use uuid::Uuid;
 pub use container::DockerSandbox;
 pub(crate) use exec::shell_quote;
 pub use labels::{LABEL_ATTEMPT, LABEL_ATTEMPT_INDEX, LABEL_JOB, LABEL_MANAGED, LABEL_WORKER};
+pub use storage::StorageQuota;
 
 use super::{PreparedImage, Runtime, RuntimeError, Sandbox, SandboxSpec};
 use crate::task::TaskSpec;
@@ -36,6 +39,7 @@ use crate::task::TaskSpec;
 pub struct DockerRuntime {
     docker: Docker,
     server_version: String,
+    storage: Arc<StorageQuota>,
 }
 
 fn is_not_found(e: &DockerError) -> bool {
@@ -51,7 +55,16 @@ fn is_not_found(e: &DockerError) -> bool {
 impl DockerRuntime {
     /// Connect to the local daemon (`DOCKER_HOST` or the default socket) and agree on an API version.
     pub async fn connect() -> Result<DockerRuntime, RuntimeError> {
-        let docker = Docker::connect_with_local_defaults()?;
+        Self::connect_with(Docker::connect_with_local_defaults()?).await
+    }
+
+    /// Connect to the daemon listening on the Unix socket `path` (tests run a daemon of their own).
+    pub async fn connect_socket(path: &str) -> Result<DockerRuntime, RuntimeError> {
+        let docker = Docker::connect_with_unix(path, 120, bollard::API_DEFAULT_VERSION)?;
+        Self::connect_with(docker).await
+    }
+
+    async fn connect_with(docker: Docker) -> Result<DockerRuntime, RuntimeError> {
         let docker = tokio::time::timeout(Duration::from_secs(5), docker.negotiate_version())
             .await
             .map_err(|_| RuntimeError::Backend("Docker daemon did not answer within 5 s".into()))?
@@ -60,7 +73,14 @@ impl DockerRuntime {
         Ok(DockerRuntime {
             docker,
             server_version: version.version.unwrap_or_else(|| "unknown".into()),
+            storage: Arc::default(),
         })
+    }
+
+    /// Whether this daemon enforces containers' disk limits, once a container with one was created (see
+    /// [`StorageQuota`]).
+    pub fn storage_enforced(&self) -> Option<bool> {
+        self.storage.enforced()
     }
 
     /// The bollard client.
@@ -98,7 +118,7 @@ impl Runtime for DockerRuntime {
         image: &PreparedImage,
         spec: &SandboxSpec,
     ) -> Result<Box<dyn Sandbox>, RuntimeError> {
-        let sandbox = container::start(&self.docker, image, spec).await?;
+        let sandbox = container::start(&self.docker, image, spec, &self.storage).await?;
         Ok(Box::new(sandbox))
     }
 
