@@ -1,7 +1,9 @@
 //! A Docker daemon owned by one test: its own socket, pidfile, exec-root, cgroup parent and data-root, the data-root
-//! on a small loop-mounted XFS image mounted with `pquota` (so overlay2 enforces `storage_opt size` and a disk filler
-//! fills only this image). It creates no bridge and touches no iptables rule, so the machine's own daemon and the
-//! tests using it are not disturbed. [`TestDockerd::stop`] and [`TestDockerd::start`] stop and start the daemon
+//! on a small loop-mounted XFS image mounted with `pquota` where the kernel supports XFS quotas (then overlay2
+//! enforces `storage_opt size`; see [`TestDockerd::project_quota`]), so a disk filler fills only this image. Its
+//! containers sit on a bridge of its own (created here, on a private /24 of `10.200.0.0/13`), and it touches no
+//! iptables rule, so the machine's own daemon and the tests using it are not disturbed. (Not `--bridge=none`:
+//! with it, dockerd deletes the machine's `docker0`, which the main daemon's containers are attached to.) [`TestDockerd::stop`] and [`TestDockerd::start`] stop and start the daemon
 //! again on the same data; dropping it stops the daemon, unmounts and detaches the image, and removes its folder.
 //!
 //! Needs root, `mkfs.xfs` (`xfsprogs`, installed by `scripts/services.sh`), `losetup`, `mount`, `dockerd` and the
@@ -19,6 +21,8 @@ pub struct TestDockerd {
     loop_device: Option<String>,
     daemon: Option<Child>,
     id: String,
+    quota: Result<(), String>,
+    bridge: Option<String>,
 }
 
 /// Runs a command, returning its stdout, or a message with its stderr.
@@ -49,7 +53,16 @@ impl TestDockerd {
             loop_device: None,
             daemon: None,
             id,
+            quota: Ok(()),
+            bridge: None,
         };
+        let bridge = format!("tbw{}", &daemon.id[..8]);
+        let bytes = Uuid::new_v4().into_bytes();
+        let address = format!("10.{}.{}.1/24", 200 + bytes[0] % 8, bytes[1]);
+        run(Command::new("ip").args(["link", "add", &bridge, "type", "bridge"]))?;
+        daemon.bridge = Some(bridge.clone());
+        run(Command::new("ip").args(["addr", "add", &address, "dev", &bridge]))?;
+        run(Command::new("ip").args(["link", "set", &bridge, "up"]))?;
         let image = daemon.dir.join("disk.img");
         run(Command::new("truncate")
             .arg("-s")
@@ -60,11 +73,24 @@ impl TestDockerd {
             .args(["--find", "--show"])
             .arg(&image))?;
         daemon.loop_device = Some(device.clone());
-        run(Command::new("mount")
-            .args(["-t", "xfs", "-o", "pquota", &device])
-            .arg(daemon.data_root()))?;
+        let mount = |options: &str| {
+            run(Command::new("mount")
+                .args(["-t", "xfs", "-o", options, &device])
+                .arg(daemon.data_root()))
+        };
+        // Kernels built without XFS quota support refuse `pquota`: the image is still a bounded disk, without
+        // per-container limits.
+        if let Err(refused) = mount("pquota") {
+            mount("defaults")?;
+            daemon.quota = Err(refused);
+        }
         daemon.start()?;
         Ok(daemon)
+    }
+
+    /// Whether the image is mounted with project quotas (so the daemon enforces `storage_opt size`), or why not.
+    pub fn project_quota(&self) -> Result<(), &str> {
+        self.quota.as_ref().map(|_| ()).map_err(String::as_str)
     }
 
     /// The folder holding the daemon's data: the mounted XFS image.
@@ -115,9 +141,12 @@ impl TestDockerd {
             .arg(self.dir.join("docker.pid"))
             .arg("--cgroup-parent")
             .arg(format!("tbw-dockerd-{}", self.id))
+            .arg(format!(
+                "--bridge={}",
+                self.bridge.as_deref().unwrap_or_default()
+            ))
             .args([
                 "--storage-driver=overlay2",
-                "--bridge=none",
                 "--iptables=false",
                 "--ip-forward=false",
                 "--ip-masq=false",
@@ -228,7 +257,10 @@ impl Drop for TestDockerd {
         let mut inner: Vec<&str> = mounts
             .lines()
             .filter_map(|l| l.split_whitespace().nth(1))
-            .filter(|m| m.starts_with(&format!("{mine}/")) && *m != self.data_root().to_str().unwrap_or_default())
+            .filter(|m| {
+                m.starts_with(&format!("{mine}/"))
+                    && *m != self.data_root().to_str().unwrap_or_default()
+            })
             .collect();
         inner.sort_by_key(|m| std::cmp::Reverse(m.len()));
         for mount in inner {
@@ -238,11 +270,15 @@ impl Drop for TestDockerd {
         if let Some(device) = self.loop_device.take() {
             let _ = Command::new("losetup").args(["-d", &device]).status();
         }
+        if let Some(bridge) = self.bridge.take() {
+            let _ = Command::new("ip").args(["link", "del", &bridge]).status();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
         // The cgroup parent, in every v1 hierarchy (or the one v2 tree); empty once the daemon's containers are gone.
         if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
             for hierarchy in hierarchies.flatten() {
-                let _ = std::fs::remove_dir(hierarchy.path().join(format!("tbw-dockerd-{}", self.id)));
+                let _ =
+                    std::fs::remove_dir(hierarchy.path().join(format!("tbw-dockerd-{}", self.id)));
             }
         }
         let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/tbw-dockerd-{}", self.id));

@@ -2,6 +2,7 @@
 //! daemon, and helpers to write task folders and wait for jobs.
 #![allow(dead_code)]
 
+pub mod dockerd;
 pub mod openai;
 pub mod postgres;
 pub mod terminus;
@@ -94,6 +95,18 @@ pub async fn harness(extra: &[(&str, &str)]) -> Harness {
 
 /// Build a harness on a given database.
 pub async fn harness_on(test_db: TestDb, extra: &[(&str, &str)]) -> Harness {
+    let runtime = DockerRuntime::connect()
+        .await
+        .expect("Docker must be running (scripts/services.sh starts it)");
+    harness_with_runtime(test_db, extra, runtime).await
+}
+
+/// Build a harness whose worker runs attempts on `runtime` (e.g. a test-owned daemon, [`dockerd::TestDockerd`]).
+pub async fn harness_with_runtime(
+    test_db: TestDb,
+    extra: &[(&str, &str)],
+    runtime: DockerRuntime,
+) -> Harness {
     let bucket = format!("tbw-test-{}", &Uuid::new_v4().simple().to_string()[..12]);
     let work = tempfile::tempdir().expect("tempdir");
     let mut vars: HashMap<String, String> = s3_vars(&bucket).into_iter().collect();
@@ -116,9 +129,6 @@ pub async fn harness_on(test_db: TestDb, extra: &[(&str, &str)]) -> Harness {
         .await
         .expect("connect test database");
     db::migrate(&db).await.expect("migrate");
-    let runtime = DockerRuntime::connect()
-        .await
-        .expect("Docker must be running (scripts/services.sh starts it)");
     let app = App {
         db: db.clone(),
         store: ArtifactStore::S3(s3.clone()),
@@ -291,6 +301,18 @@ impl Harness {
             .list_managed(Some(job))
             .await
             .expect("list containers")
+    }
+
+    /// A new platform user, for jobs of different owners.
+    pub async fn user(&self) -> Uuid {
+        let id = Uuid::new_v4();
+        self.db
+            .execute_unprepared(&format!(
+                "INSERT INTO users (id, email, password) VALUES ('{id}', '{id}@example.com', 'x')"
+            ))
+            .await
+            .expect("insert user");
+        id
     }
 
     /// Final status helper.
