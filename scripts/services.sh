@@ -80,11 +80,13 @@ missing_pkgs=()
 command -v dockerd >/dev/null 2>&1 || missing_pkgs+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || missing_pkgs+=(debootstrap)
 command -v bwrap >/dev/null 2>&1 || missing_pkgs+=(bubblewrap)
+# mkfs.xfs: tests/common/dockerd.rs puts a test-owned daemon's data on a small XFS image (disk-filler tests).
+command -v mkfs.xfs >/dev/null 2>&1 || missing_pkgs+=(xfsprogs)
 if [ "${#missing_pkgs[@]}" -gt 0 ]; then
     step "Docker: installing ${missing_pkgs[*]}"
     apt_install "${missing_pkgs[@]}"
 else
-    step "Docker: docker.io, debootstrap and bubblewrap are installed"
+    step "Docker: docker.io, debootstrap, bubblewrap and xfsprogs are installed"
 fi
 
 if docker info >/dev/null 2>&1; then
