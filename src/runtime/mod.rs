@@ -107,7 +107,7 @@ pub struct SandboxSpec {
     /// Memory limit in MiB.
     pub memory_mb: u64,
     /// Disk limit in MiB: how much the sandbox may write. Docker enforces it with `storage_opt size` where its
-    /// storage driver can; where it cannot, what is copied out of the sandbox is capped by it instead.
+    /// storage driver can; where it cannot, it is still the bound for what is copied out of the sandbox.
     pub storage_mb: Option<u64>,
     /// Working folder for commands; `None` means the image's WORKDIR (or `/app` when it has none).
     pub workdir: Option<String>,

@@ -2,8 +2,8 @@
 //! (overlay2 on xfs mounted with `pquota`, btrfs, zfs…). Whether this daemon's does is learnt from the first
 //! container that asks: when Docker refuses the option and then accepts the same container without it, the refusal
 //! is remembered, later containers are created without the option, and one log line says the limit is not enforced
-//! by Docker on this host (the limit still travels in [`SandboxSpec`](crate::runtime::SandboxSpec), so what is copied
-//! out of the sandbox can be capped by it).
+//! by Docker on this host (the limit still travels in [`SandboxSpec`](crate::runtime::SandboxSpec), as the bound
+//! for what is copied out of the sandbox).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -66,7 +66,7 @@ pub(super) async fn create_container(
         tracing::warn!(
             refusal = %refusal,
             "storage limits are not enforced by Docker on this host: its storage driver refuses `storage_opt size` \
-             (overlay2 needs its data-root on xfs mounted with pquota); the limit only caps what is copied out"
+             (overlay2 needs its data-root on xfs mounted with pquota)"
         );
     }
     Ok(created)
