@@ -8,9 +8,11 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod network;
 mod otel;
 mod terminus;
 
+pub use network::{Cidr, NetworkConfig, NetworkMode};
 pub use otel::{OtelConfig, OtlpProtocol, TraceSampler};
 pub use terminus::TerminusConfig;
 
@@ -114,6 +116,8 @@ pub struct Config {
     pub default_cpus: f64,
     /// `DEFAULT_MEMORY_MB` (2048): memory limit when `task.toml` names none.
     pub default_memory_mb: u64,
+    /// `ATTEMPT_NETWORK` and `ATTEMPT_NETWORK_ALLOW`: which network attempts' containers join.
+    pub network: NetworkConfig,
     /// `MAX_TASK_ARCHIVE_MB` (256): largest accepted task archive.
     pub max_archive_bytes: u64,
     /// `MAX_TASK_UNPACKED_MB` (512): largest accepted unpacked task.
@@ -314,6 +318,7 @@ impl Config {
             "a whole number of MiB (at least 64)",
             |v| *v >= 64,
         );
+        let network = network::read(&mut r);
         let archive_mb = r.parsed(
             "MAX_TASK_ARCHIVE_MB",
             256u64,
@@ -379,6 +384,7 @@ impl Config {
             max_rescues,
             default_cpus,
             default_memory_mb,
+            network,
             max_archive_bytes: archive_mb * 1024 * 1024,
             max_unpacked_bytes: unpacked_mb * 1024 * 1024,
             work_dir,
