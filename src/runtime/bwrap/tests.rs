@@ -41,6 +41,7 @@ fn spec(scratch: &Path) -> SandboxSpec {
         env: BTreeMap::from([("GREETING".to_owned(), "hello from /app".to_owned())]),
         scratch_dir: scratch.join("attempt-0"),
         worker_id: None,
+        allow_internet: true,
     }
 }
 
