@@ -138,7 +138,7 @@ pub struct EnvironmentConfig {
     pub workdir: Option<String>,
     /// `env`: environment variables for the container.
     pub env: BTreeMap<String, String>,
-    /// `allow_internet` (true): `false` gives the container no route out at all (Harbor's setting).
+    /// `allow_internet` (true): `false` gives the container no network at all, only loopback (Harbor's setting).
     pub allow_internet: bool,
 }
 

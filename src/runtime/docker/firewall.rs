@@ -1,7 +1,7 @@
 //! Host firewall rules that keep isolated attempts off private ranges, link-local addresses and the host itself.
 //!
 //! Every attempt network's Linux bridge is named `tbw-…` ([`BRIDGE_PREFIX`]), so one set of rules matches them all
-//! with `-i tbw+`:
+//! with `-i tbw-+`:
 //! - [`EGRESS_CHAIN`], jumped to from `DOCKER-USER` (Docker consults it before its own forwarding rules; `FORWARD`
 //!   when the daemon made no such chain): replies of existing connections, the operator's allow-list and DNS to the
 //!   host's resolvers pass; private ranges, shared address space and link-local addresses (the cloud metadata
@@ -24,7 +24,7 @@ use tokio::process::Command;
 
 use crate::config::Cidr;
 
-/// The name every attempt bridge starts with (the rules match `-i tbw+`).
+/// The name every attempt bridge starts with (the rules match `-i tbw-+`).
 pub const BRIDGE_PREFIX: &str = "tbw-";
 /// The worker's chain for traffic an attempt sends through the host.
 pub const EGRESS_CHAIN: &str = "TBW-EGRESS";

@@ -2,8 +2,9 @@
 //! bridge named `tbw-…` so [`firewall`](super::firewall) rules match it), Docker's `none`, or the shared default
 //! bridge, as `ATTEMPT_NETWORK` and the task's `allow_internet` say.
 //!
-//! A task with `allow_internet = false` gets an `internal` network (no route out at all) when attempts are
-//! isolated, and no network otherwise. Networks are removed after their container, on every path: the sandbox's
+//! A task with `allow_internet = false` gets no network at all (only loopback), whatever the operator chose: an
+//! `internal` Docker network would still give the container a default route to its bridge, and a single container
+//! has nobody to talk to on it anyway. Networks are removed after their container, on every path: the sandbox's
 //! own removal, and the sweeps, which find them by their labels.
 
 use std::collections::HashMap;
@@ -62,9 +63,9 @@ pub(super) async fn attach(
     spec: &SandboxSpec,
 ) -> Result<Attachment, RuntimeError> {
     match (mode, spec.allow_internet) {
-        (NetworkMode::None, _) | (NetworkMode::Bridge, false) => return Ok(Attachment::None),
+        (NetworkMode::None, _) | (_, false) => return Ok(Attachment::None),
         (NetworkMode::Bridge, true) => return Ok(Attachment::Default),
-        (NetworkMode::Isolated, _) => {}
+        (NetworkMode::Isolated, true) => {}
     }
     let name = format!(
         "{BRIDGE_PREFIX}{}",
@@ -85,7 +86,6 @@ pub(super) async fn attach(
     let request = NetworkCreateRequest {
         name: name.clone(),
         driver: Some("bridge".into()),
-        internal: Some(!spec.allow_internet),
         enable_ipv6: Some(false),
         labels: Some(labels),
         options: Some(HashMap::from([(
