@@ -1,7 +1,8 @@
 //! Network containment, played by hostile tasks against real Docker and the worker binary: isolated attempts reach
 //! neither each other nor the host (a TCP server this test starts), a task with `allow_internet = false` has no
 //! network at all, the firewall rules for private ranges, link-local addresses and the host are in place (checked by
-//! reading `iptables -S`, never by sending packets there), and every attempt network is gone after its job.
+//! reading `iptables -S`, never by sending packets there), and every attempt network is gone after its job, or
+//! swept when a crashed worker left it.
 //!
 //! Probes go only to the attempts' own containers and to a server this test starts, each with `timeout 3`.
 
@@ -17,9 +18,9 @@ use std::time::Duration;
 use common::*;
 use entity::attempt::AttemptStatus;
 use entity::job::JobStatus;
-use terminal_bench_worker::db;
-use terminal_bench_worker::runtime::docker::LABEL_JOB;
-use terminal_bench_worker::submit;
+use sea_orm::ConnectionTrait;
+use terminal_bench_worker::runtime::docker::{LABEL_JOB, LABEL_MANAGED, LABEL_WORKER};
+use terminal_bench_worker::{claims, db, submit};
 use uuid::Uuid;
 
 /// The port each attempt listens on inside its container.
@@ -528,4 +529,76 @@ async fn the_worker_installs_its_firewall_rules_once_however_often_it_starts() {
     for (child, work) in [first, second, third] {
         stop_worker(child, &work);
     }
+}
+
+/// Creates a network as a crashed worker would have left it, labelled with `labels`; returns its name.
+fn leftover_network(labels: &[(&str, String)]) -> String {
+    let name = format!("tbw-{}", &Uuid::new_v4().simple().to_string()[..11]);
+    let mut args = vec![
+        "network".to_string(),
+        "create".into(),
+        "--label".into(),
+        format!("{LABEL_MANAGED}=true"),
+        "-o".into(),
+        format!("com.docker.network.bridge.name={name}"),
+    ];
+    for (key, value) in labels {
+        args.extend(["--label".to_string(), format!("{key}={value}")]);
+    }
+    args.push(name.clone());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    output("docker", &args);
+    name
+}
+
+fn network_exists(name: &str) -> bool {
+    Command::new("docker")
+        .args(["network", "inspect", name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn networks_left_by_a_finished_job_or_a_gone_worker_are_swept_and_others_kept() {
+    let h = harness(&[]).await;
+    let finished = h.queue_raw("finished", b"not a zip".to_vec(), 1).await;
+    h.db.execute_unprepared(&format!(
+        "UPDATE jobs SET status = 'failed', error_message = 'ended earlier' WHERE id = '{}'",
+        finished.id
+    ))
+    .await
+    .unwrap();
+    let gone = Uuid::new_v4();
+    claims::register_worker(&h.db, gone, "elsewhere", 1)
+        .await
+        .unwrap();
+    claims::worker_stopped(&h.db, gone).await.unwrap();
+
+    let of_finished_job = leftover_network(&[(LABEL_JOB, finished.id.to_string())]);
+    let of_gone_worker = leftover_network(&[
+        (LABEL_JOB, Uuid::new_v4().to_string()),
+        (LABEL_WORKER, gone.to_string()),
+    ]);
+    // A job and worker this database does not know: another deployment's, left alone.
+    let foreign = leftover_network(&[(LABEL_JOB, Uuid::new_v4().to_string())]);
+
+    let (worker, work) = start_worker(&h, "sweep");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while network_exists(&of_finished_job) || network_exists(&of_gone_worker) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "left over: finished job's {}, gone worker's {}",
+            network_exists(&of_finished_job),
+            network_exists(&of_gone_worker)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        network_exists(&foreign),
+        "another deployment's network was removed"
+    );
+    stop_worker(worker, &work);
+    output("docker", &["network", "rm", &foreign]);
 }
