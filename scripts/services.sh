@@ -80,11 +80,15 @@ missing_pkgs=()
 command -v dockerd >/dev/null 2>&1 || missing_pkgs+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || missing_pkgs+=(debootstrap)
 command -v bwrap >/dev/null 2>&1 || missing_pkgs+=(bubblewrap)
+# The worker firewalls attempt networks with iptables/ip6tables; tests/containment_network.rs reads the rules and
+# finds docker0's address with ip.
+command -v iptables >/dev/null 2>&1 || missing_pkgs+=(iptables)
+command -v ip >/dev/null 2>&1 || missing_pkgs+=(iproute2)
 if [ "${#missing_pkgs[@]}" -gt 0 ]; then
     step "Docker: installing ${missing_pkgs[*]}"
     apt_install "${missing_pkgs[@]}"
 else
-    step "Docker: docker.io, debootstrap and bubblewrap are installed"
+    step "Docker: docker.io, debootstrap, bubblewrap, iptables and iproute2 are installed"
 fi
 
 if docker info >/dev/null 2>&1; then
