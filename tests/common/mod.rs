@@ -2,6 +2,7 @@
 //! daemon, and helpers to write task folders and wait for jobs.
 #![allow(dead_code)]
 
+pub mod network;
 pub mod openai;
 pub mod postgres;
 pub mod terminus;
