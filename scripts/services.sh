@@ -82,11 +82,15 @@ command -v debootstrap >/dev/null 2>&1 || missing_pkgs+=(debootstrap)
 command -v bwrap >/dev/null 2>&1 || missing_pkgs+=(bubblewrap)
 # mkfs.xfs: tests/common/dockerd.rs puts a test-owned daemon's data on a small XFS image (disk-filler tests).
 command -v mkfs.xfs >/dev/null 2>&1 || missing_pkgs+=(xfsprogs)
+# The worker firewalls attempt networks with iptables/ip6tables; tests/containment_network.rs reads the rules and
+# finds docker0's address with ip.
+command -v iptables >/dev/null 2>&1 || missing_pkgs+=(iptables)
+command -v ip >/dev/null 2>&1 || missing_pkgs+=(iproute2)
 if [ "${#missing_pkgs[@]}" -gt 0 ]; then
     step "Docker: installing ${missing_pkgs[*]}"
     apt_install "${missing_pkgs[@]}"
 else
-    step "Docker: docker.io, debootstrap, bubblewrap and xfsprogs are installed"
+    step "Docker: docker.io, debootstrap, bubblewrap, xfsprogs, iptables and iproute2 are installed"
 fi
 
 if docker info >/dev/null 2>&1; then

@@ -9,9 +9,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod ceilings;
+mod network;
 mod otel;
 mod terminus;
 
+pub use network::{Cidr, NetworkConfig, NetworkMode};
 pub use otel::{OtelConfig, OtlpProtocol, TraceSampler};
 pub use terminus::TerminusConfig;
 
@@ -118,6 +120,8 @@ pub struct Config {
     /// `MAX_TASK_CPUS`, `MAX_TASK_MEMORY_MB`, `MAX_TASK_STORAGE_MB`, `MAX_AGENT_TIMEOUT_SECS`,
     /// `MAX_VERIFIER_TIMEOUT_SECS`: the most a task may ask for; more is lowered to these, with a warning.
     pub task_ceilings: crate::task::TaskCeilings,
+    /// `ATTEMPT_NETWORK` and `ATTEMPT_NETWORK_ALLOW`: which network attempts' containers join.
+    pub network: NetworkConfig,
     /// `MAX_TASK_ARCHIVE_MB` (256): largest accepted task archive.
     pub max_archive_bytes: u64,
     /// `MAX_TASK_UNPACKED_MB` (512): largest accepted unpacked task.
@@ -331,6 +335,7 @@ impl Config {
                 task_ceilings.memory_mb
             ));
         }
+        let network = network::read(&mut r);
         let archive_mb = r.parsed(
             "MAX_TASK_ARCHIVE_MB",
             256u64,
@@ -397,6 +402,7 @@ impl Config {
             default_cpus,
             default_memory_mb,
             task_ceilings,
+            network,
             max_archive_bytes: archive_mb * 1024 * 1024,
             max_unpacked_bytes: unpacked_mb * 1024 * 1024,
             work_dir,

@@ -88,7 +88,14 @@ pub async fn app(config: &Config, mode: Mode) -> eyre::Result<App> {
         None => ArtifactStore::Local(LocalStore::new(config.work_dir.join("artifacts"))),
     };
     let runtime: Arc<dyn Runtime> = match DockerRuntime::connect().await {
-        Ok(docker) => Arc::new(docker),
+        Ok(docker) => {
+            let docker = docker.with_network(config.network.clone());
+            // Only the commands that run tasks touch the host's firewall.
+            if mode != Mode::Embedded {
+                docker.install_firewall().await;
+            }
+            Arc::new(docker)
+        }
         Err(e) if mode == Mode::Daemon => {
             return Err(eyre!(
                 "the worker needs Docker to run tasks, and {e} (start dockerd or set DOCKER_HOST)"

@@ -68,6 +68,7 @@ async fn with_sandbox(runtime: &DockerRuntime, image: &PreparedImage, body: Body
         storage_mb: None,
         scratch_dir: scratch.path().to_path_buf(),
         worker_id: None,
+        allow_internet: true,
     };
     let sandbox = runtime
         .start(image, &spec)

@@ -130,6 +130,7 @@ pub async fn run_attempt(
         env: env.env.clone(),
         scratch_dir: scratch.join("sandbox"),
         worker_id: ctx.fence.map(|c| c.worker_id),
+        allow_internet: env.allow_internet,
     };
     let mut slot = Slot::Empty;
 

@@ -118,6 +118,8 @@ pub struct SandboxSpec {
     /// The worker process that owns the sandbox, when workers share a database: a sweep removes sandboxes whose
     /// worker is gone.
     pub worker_id: Option<Uuid>,
+    /// False when the task says `allow_internet = false`: the sandbox gets no network, only loopback.
+    pub allow_internet: bool,
 }
 
 /// What a runtime prepared for a job: every attempt of the job starts from it.

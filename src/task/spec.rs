@@ -142,6 +142,8 @@ pub struct EnvironmentConfig {
     pub workdir: Option<String>,
     /// `env`: environment variables for the container.
     pub env: BTreeMap<String, String>,
+    /// `allow_internet` (true): `false` gives the container no network at all, only loopback (Harbor's setting).
+    pub allow_internet: bool,
 }
 
 impl EnvironmentConfig {
@@ -164,6 +166,7 @@ impl Default for EnvironmentConfig {
             storage_mb: None,
             workdir: None,
             env: BTreeMap::new(),
+            allow_internet: true,
         }
     }
 }

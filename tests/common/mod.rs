@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod dockerd;
+pub mod network;
 pub mod openai;
 pub mod postgres;
 pub mod terminus;

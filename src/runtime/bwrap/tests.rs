@@ -42,6 +42,7 @@ fn spec(scratch: &Path) -> SandboxSpec {
         storage_mb: None,
         scratch_dir: scratch.join("attempt-0"),
         worker_id: None,
+        allow_internet: true,
     }
 }
 

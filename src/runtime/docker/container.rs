@@ -1,5 +1,6 @@
-//! The attempt's container: created from the task's image with the task's limits and labels, kept alive by
-//! `sleep infinity`, and removed on every path. [`DockerSandbox`] is the attempt's view of it.
+//! The attempt's container: created from the task's image with the task's limits and labels, on the network
+//! [`network::attach`] chose, kept alive by `sleep infinity`, and removed (with its network) on every path.
+//! [`DockerSandbox`] is the attempt's view of it.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -14,9 +15,12 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::exec::{self, shell_quote};
-use super::labels::{LABEL_ATTEMPT, LABEL_ATTEMPT_INDEX, LABEL_JOB, LABEL_MANAGED, LABEL_WORKER};
+use super::labels::{
+    LABEL_ATTEMPT, LABEL_ATTEMPT_INDEX, LABEL_JOB, LABEL_MANAGED, LABEL_NETWORK, LABEL_WORKER,
+};
 use super::storage::{self, StorageQuota};
-use super::{is_not_found, transfer};
+use super::{is_not_found, network, transfer};
+use crate::config::NetworkMode;
 use crate::runtime::{ExecOutput, PreparedImage, RuntimeError, Sandbox, SandboxSpec};
 
 /// Longest wait for the container's first command (making its folders) and for stopping its processes.
@@ -31,14 +35,36 @@ pub struct DockerSandbox {
     id: String,
     workdir: String,
     env: Vec<String>,
+    /// The network of the container's own, removed after it.
+    network: Option<String>,
 }
 
-/// Creates and starts the attempt's container and its log folders; on any failure the container is removed again.
+/// Creates the attempt's network (when it gets one of its own), then starts the attempt's container and its log
+/// folders; on any failure both are removed again.
 pub(super) async fn start(
     docker: &Docker,
     image: &PreparedImage,
     spec: &SandboxSpec,
     quota: &StorageQuota,
+    network_mode: NetworkMode,
+) -> Result<DockerSandbox, RuntimeError> {
+    let attachment = network::attach(docker, network_mode, spec).await?;
+    let started = start_on(docker, image, spec, quota, &attachment).await;
+    if started.is_err()
+        && let Some(name) = attachment.own()
+        && let Err(e) = network::remove(docker, name).await
+    {
+        tracing::warn!(network = name, error = %e, "could not remove the network of a container that did not start");
+    }
+    started
+}
+
+async fn start_on(
+    docker: &Docker,
+    image: &PreparedImage,
+    spec: &SandboxSpec,
+    quota: &StorageQuota,
+    attachment: &network::Attachment,
 ) -> Result<DockerSandbox, RuntimeError> {
     let workdir = spec
         .workdir
@@ -56,6 +82,9 @@ pub(super) async fn start(
     ]);
     if let Some(worker) = spec.worker_id {
         labels.insert(LABEL_WORKER.to_string(), worker.to_string());
+    }
+    if let Some(name) = attachment.own() {
+        labels.insert(LABEL_NETWORK.to_string(), name.to_string());
     }
     let host_cores = std::thread::available_parallelism()
         .map(|n| n.get() as f64)
@@ -75,6 +104,7 @@ pub(super) async fn start(
             memory: Some(memory),
             memory_swap: Some(memory),
             pids_limit: Some(PIDS_LIMIT),
+            network_mode: attachment.network_mode(),
             ..Default::default()
         }),
         ..Default::default()
@@ -94,6 +124,7 @@ pub(super) async fn start(
         id: created.id,
         workdir,
         env,
+        network: None,
     };
     if let Err(e) = docker.start_container(&sandbox.id, None).await {
         let _ = sandbox.remove().await;
@@ -110,7 +141,10 @@ pub(super) async fn start(
         return Err(RuntimeError::StartTimeout(SETUP_TIMEOUT));
     };
     match prepared {
-        Ok(out) if out.exit_code == Some(0) => Ok(sandbox),
+        Ok(out) if out.exit_code == Some(0) => Ok(DockerSandbox {
+            network: attachment.own().map(str::to_string),
+            ..sandbox
+        }),
         Ok(out) => {
             let _ = sandbox.remove().await;
             Err(RuntimeError::Start(format!(
@@ -204,6 +238,10 @@ impl Sandbox for DockerSandbox {
     }
 
     async fn remove(&self) -> Result<(), RuntimeError> {
-        remove(&self.docker, &self.id).await
+        remove(&self.docker, &self.id).await?;
+        match &self.network {
+            Some(name) => network::remove(&self.docker, name).await,
+            None => Ok(()),
+        }
     }
 }

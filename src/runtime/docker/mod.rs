@@ -2,18 +2,21 @@
 //! `environment/` folder), one container per attempt.
 //!
 //! Containers get nothing of the host: no mounts, no Docker socket. Files go in and out as tar streams through the
-//! Docker API (`transfer.rs`), so the worker also works against a remote daemon. Every container carries the labels
-//! [`LABEL_MANAGED`], [`LABEL_JOB`] and [`LABEL_ATTEMPT`], so leftovers can always be found and removed
-//! ([`Runtime::remove_leftovers`]).
+//! Docker API (`transfer.rs`), so the worker also works against a remote daemon. Every container (and every network
+//! made for one) carries the labels [`LABEL_MANAGED`], [`LABEL_JOB`] and [`LABEL_ATTEMPT`], so leftovers can always be
+//! found and removed ([`Runtime::remove_leftovers`]).
 //!
-//! One concern per file: `image.rs` builds or finds the task's image, `container.rs` creates and starts the attempt's
-//! container and is its [`Sandbox`], `exec.rs` runs commands in it, `transfer.rs` copies files in and out, and
-//! `labels.rs` finds containers by their labels for the sweeps.
+//! One concern per file: `image.rs` builds or finds the task's image, `network.rs` gives the attempt a network of its
+//! own (or none), `firewall.rs` keeps those networks off private ranges and the host, `container.rs` creates and
+//! starts the attempt's container and is its [`Sandbox`], `exec.rs` runs commands in it, `transfer.rs` copies files
+//! in and out, and `labels.rs` finds containers and networks by their labels for the sweeps.
 
 mod container;
 mod exec;
+pub mod firewall;
 mod image;
 mod labels;
+mod network;
 mod storage;
 mod transfer;
 
@@ -28,10 +31,13 @@ use uuid::Uuid;
 
 pub use container::DockerSandbox;
 pub(crate) use exec::shell_quote;
-pub use labels::{LABEL_ATTEMPT, LABEL_ATTEMPT_INDEX, LABEL_JOB, LABEL_MANAGED, LABEL_WORKER};
+pub use labels::{
+    LABEL_ATTEMPT, LABEL_ATTEMPT_INDEX, LABEL_JOB, LABEL_MANAGED, LABEL_NETWORK, LABEL_WORKER,
+};
 pub use storage::StorageQuota;
 
 use super::{PreparedImage, Runtime, RuntimeError, Sandbox, SandboxSpec};
+use crate::config::{NetworkConfig, NetworkMode};
 use crate::task::TaskSpec;
 
 /// Talks to a Docker daemon.
@@ -40,6 +46,7 @@ pub struct DockerRuntime {
     docker: Docker,
     server_version: String,
     storage: Arc<StorageQuota>,
+    network: NetworkConfig,
 }
 
 fn is_not_found(e: &DockerError) -> bool {
@@ -74,6 +81,7 @@ impl DockerRuntime {
             docker,
             server_version: version.version.unwrap_or_else(|| "unknown".into()),
             storage: Arc::default(),
+            network: NetworkConfig::default(),
         })
     }
 
@@ -81,6 +89,37 @@ impl DockerRuntime {
     /// [`StorageQuota`]).
     pub fn storage_enforced(&self) -> Option<bool> {
         self.storage.enforced()
+    }
+
+    /// Which network attempts join (`ATTEMPT_NETWORK`; isolated unless set).
+    pub fn with_network(mut self, network: NetworkConfig) -> Self {
+        self.network = network;
+        self
+    }
+
+    /// For isolated attempts, installs the host firewall rules that keep them off private ranges, link-local
+    /// addresses and the host ([`firewall`]). When that is impossible (not root, no `iptables`), logs one warning
+    /// saying the operator must provide equivalent rules: attempts still get networks of their own.
+    pub async fn install_firewall(&self) {
+        if self.network.mode != NetworkMode::Isolated {
+            return;
+        }
+        match firewall::install(&self.network.allow, &firewall::host_resolvers()).await {
+            Ok(None) => tracing::info!(
+                chains = %format!("{} {}", firewall::EGRESS_CHAIN, firewall::INPUT_CHAIN),
+                "attempt networks are firewalled off private ranges, link-local addresses and this host"
+            ),
+            Ok(Some(v6)) => tracing::warn!(
+                error = %v6,
+                "attempt networks are firewalled for IPv4 only; the IPv6 rules could not be installed"
+            ),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "attempt networks are NOT firewalled: attempts can reach private ranges, link-local addresses and \
+                 this host. Install equivalent rules yourself (see the README's Security section) or set \
+                 ATTEMPT_NETWORK=none"
+            ),
+        }
     }
 
     /// The bollard client.
@@ -118,27 +157,47 @@ impl Runtime for DockerRuntime {
         image: &PreparedImage,
         spec: &SandboxSpec,
     ) -> Result<Box<dyn Sandbox>, RuntimeError> {
-        let sandbox = container::start(&self.docker, image, spec, &self.storage).await?;
+        let sandbox =
+            container::start(&self.docker, image, spec, &self.storage, self.network.mode).await?;
         Ok(Box::new(sandbox))
     }
 
     async fn jobs_with_sandboxes(&self) -> Result<Vec<Uuid>, RuntimeError> {
-        labels::jobs_with_containers(&self.docker).await
+        labels::jobs_with_environments(&self.docker).await
     }
 
     async fn sandbox_owners(&self) -> Result<Vec<(String, Uuid)>, RuntimeError> {
-        labels::container_owners(&self.docker).await
+        labels::environment_owners(&self.docker).await
     }
 
+    /// `id` is a container id or the name of a network (`tbw-…`) from [`Runtime::sandbox_owners`]; a container's
+    /// own network goes with it.
     async fn remove_sandbox(&self, id: &str) -> Result<(), RuntimeError> {
-        container::remove(&self.docker, id).await
+        if id.starts_with(firewall::BRIDGE_PREFIX) {
+            return network::remove(&self.docker, id).await;
+        }
+        let own_network = match self.docker.inspect_container(id, None).await {
+            Ok(c) => c
+                .config
+                .and_then(|c| c.labels)
+                .and_then(|mut labels| labels.remove(LABEL_NETWORK)),
+            Err(e) if is_not_found(&e) => None,
+            Err(e) => return Err(e.into()),
+        };
+        container::remove(&self.docker, id).await?;
+        match own_network {
+            Some(name) => network::remove(&self.docker, &name).await,
+            None => Ok(()),
+        }
     }
 
+    /// Containers first, then the networks they were on (also those whose container was never made).
     async fn remove_leftovers(&self, job_id: Option<Uuid>) -> Result<usize, RuntimeError> {
         let ids = self.list_managed(job_id).await?;
         for id in &ids {
             container::remove(&self.docker, id).await?;
         }
-        Ok(ids.len())
+        let networks = network::remove_managed(&self.docker, job_id).await?;
+        Ok(ids.len() + networks)
     }
 }

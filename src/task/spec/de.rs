@@ -81,6 +81,8 @@ pub(super) struct EnvironmentToml {
     workdir: Option<String>,
     #[serde(deserialize_with = "string_map")]
     env: BTreeMap<String, String>,
+    #[serde(deserialize_with = "boolean")]
+    allow_internet: bool,
 }
 
 impl Default for EnvironmentToml {
@@ -96,6 +98,7 @@ impl Default for EnvironmentToml {
             storage: None,
             workdir: None,
             env: BTreeMap::new(),
+            allow_internet: defaults.allow_internet,
         }
     }
 }
@@ -111,6 +114,7 @@ impl From<EnvironmentToml> for EnvironmentConfig {
             storage_mb: file.storage.or(file.storage_mb),
             workdir: file.workdir,
             env: file.env,
+            allow_internet: file.allow_internet,
         }
     }
 }
@@ -125,6 +129,14 @@ pub(super) fn string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, 
     match Value::deserialize(d)? {
         Value::String(text) => Ok(Some(text)),
         other => Err(must("a string", &other)),
+    }
+}
+
+/// `true` or `false`.
+pub(super) fn boolean<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Boolean(value) => Ok(value),
+        other => Err(must("true or false", &other)),
     }
 }
 

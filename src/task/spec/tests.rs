@@ -149,6 +149,17 @@ fn limits_docker_would_read_as_unlimited_are_refused() {
 }
 
 #[test]
+fn allow_internet_is_true_unless_the_task_says_false() {
+    let allowed = |text: &str| TaskSpec::parse(text).unwrap().environment.allow_internet;
+    assert!(allowed(""));
+    assert!(allowed("[environment]\nallow_internet = true"));
+    assert!(!allowed("[environment]\nallow_internet = false"));
+    let error = invalid("[environment]\nallow_internet = \"no\"");
+    assert!(error.contains("allow_internet"), "{error}");
+    assert!(error.contains("must be true or false"), "{error}");
+}
+
+#[test]
 fn wrong_types_name_the_key() {
     assert_eq!(
         invalid("[verifier]\ntimeout_sec = \"long\""),
