@@ -88,7 +88,19 @@ pub async fn app(config: &Config, mode: Mode) -> eyre::Result<App> {
         None => ArtifactStore::Local(LocalStore::new(config.work_dir.join("artifacts"))),
     };
     let runtime: Arc<dyn Runtime> = match DockerRuntime::connect().await {
-        Ok(docker) => Arc::new(docker),
+        Ok(docker) => {
+            let docker = docker.with_images(config.images.clone(), &config.work_dir);
+            if mode != Mode::Embedded {
+                // At start-up too: a budget lowered since the last run applies at once, not after the next build.
+                let collector = docker.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = collector.collect_images().await {
+                        tracing::warn!(error = %e, "could not collect unused task images");
+                    }
+                });
+            }
+            Arc::new(docker)
+        }
         Err(e) if mode == Mode::Daemon => {
             return Err(eyre!(
                 "the worker needs Docker to run tasks, and {e} (start dockerd or set DOCKER_HOST)"

@@ -118,7 +118,8 @@ pub async fn harness_on(test_db: TestDb, extra: &[(&str, &str)]) -> Harness {
     db::migrate(&db).await.expect("migrate");
     let runtime = DockerRuntime::connect()
         .await
-        .expect("Docker must be running (scripts/services.sh starts it)");
+        .expect("Docker must be running (scripts/services.sh starts it)")
+        .with_images(config.images.clone(), work.path());
     let app = App {
         db: db.clone(),
         store: ArtifactStore::S3(s3.clone()),

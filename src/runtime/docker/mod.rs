@@ -6,7 +6,7 @@
 //! [`LABEL_MANAGED`], [`LABEL_JOB`] and [`LABEL_ATTEMPT`], so leftovers can always be found and removed
 //! ([`Runtime::remove_leftovers`]).
 //!
-//! One concern per file: `image.rs` builds or finds the task's image, `container.rs` creates and starts the attempt's
+//! One concern per file: `image/` finds, pulls or builds the task's image and keeps the image cache, `container.rs` creates and starts the attempt's
 //! container and is its [`Sandbox`], `exec.rs` runs commands in it, `transfer.rs` copies files in and out, and
 //! `labels.rs` finds containers by their labels for the sweeps.
 
@@ -17,6 +17,7 @@ mod labels;
 mod transfer;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -26,9 +27,11 @@ use uuid::Uuid;
 
 pub use container::DockerSandbox;
 pub(crate) use exec::shell_quote;
+pub use image::{Collected, ImageCache};
 pub use labels::{LABEL_ATTEMPT, LABEL_ATTEMPT_INDEX, LABEL_JOB, LABEL_MANAGED, LABEL_WORKER};
 
 use super::{PreparedImage, Runtime, RuntimeError, Sandbox, SandboxSpec};
+use crate::config::ImageConfig;
 use crate::task::TaskSpec;
 
 /// Talks to a Docker daemon.
@@ -36,6 +39,7 @@ use crate::task::TaskSpec;
 pub struct DockerRuntime {
     docker: Docker,
     server_version: String,
+    images: Arc<image::ImagePolicy>,
 }
 
 fn is_not_found(e: &DockerError) -> bool {
@@ -60,7 +64,26 @@ impl DockerRuntime {
         Ok(DockerRuntime {
             docker,
             server_version: version.version.unwrap_or_else(|| "unknown".into()),
+            images: Default::default(),
         })
+    }
+
+    /// Choose, build and keep task images as `settings` say, recording their last use in `image-use.json` under
+    /// `work_dir` (created if absent).
+    pub fn with_images(mut self, settings: ImageConfig, work_dir: &Path) -> DockerRuntime {
+        let _ = std::fs::create_dir_all(work_dir);
+        let cache = ImageCache::load(Some(work_dir.join("image-use.json")));
+        self.images = Arc::new(image::ImagePolicy {
+            settings,
+            cache: Arc::new(cache),
+        });
+        self
+    }
+
+    /// Remove the least recently used task images until they fit `IMAGE_CACHE_MAX_MB` (also done after every
+    /// build); logs what was removed and the bytes freed.
+    pub async fn collect_images(&self) -> Result<Collected, RuntimeError> {
+        image::collect(&self.docker, &self.images.cache, &self.images.settings).await
     }
 
     /// The bollard client.
@@ -90,7 +113,7 @@ impl Runtime for DockerRuntime {
         task_root: &Path,
         task: &TaskSpec,
     ) -> Result<PreparedImage, RuntimeError> {
-        image::prepare(&self.docker, task_root, task).await
+        image::prepare(&self.docker, &self.images, task_root, task).await
     }
 
     async fn start(
