@@ -80,11 +80,14 @@ missing_pkgs=()
 command -v dockerd >/dev/null 2>&1 || missing_pkgs+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || missing_pkgs+=(debootstrap)
 command -v bwrap >/dev/null 2>&1 || missing_pkgs+=(bubblewrap)
+# The image tests start their own registry process (own config, storage and loopback port); the package's service,
+# if the init system starts it, plays no part.
+command -v docker-registry >/dev/null 2>&1 || missing_pkgs+=(docker-registry)
 if [ "${#missing_pkgs[@]}" -gt 0 ]; then
     step "Docker: installing ${missing_pkgs[*]}"
     apt_install "${missing_pkgs[@]}"
 else
-    step "Docker: docker.io, debootstrap and bubblewrap are installed"
+    step "Docker: docker.io, debootstrap, bubblewrap and docker-registry are installed"
 fi
 
 if docker info >/dev/null 2>&1; then
