@@ -102,13 +102,15 @@ fn start_registry() -> Registry {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("docker-registry (scripts/services.sh installs Debian's docker-registry)");
+    // Owned at once, so the process is killed and reaped however the wait below ends.
+    let registry = Registry {
+        child,
+        port,
+        _dir: dir,
+    };
     for _ in 0..100 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Registry {
-                child,
-                port,
-                _dir: dir,
-            };
+            return registry;
         }
         std::thread::sleep(Duration::from_millis(100));
     }

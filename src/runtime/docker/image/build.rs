@@ -170,10 +170,10 @@ async fn stop_build(docker: &Docker, tag: &str, log: &BuildLog) {
         .build();
     match docker.remove_container(container, Some(options)).await {
         Ok(()) => {
-            tracing::warn!(image = %tag, container = %container, "build timed out: its step container was removed")
+            tracing::warn!(image = %tag, container = %container, "build timed out: its step container was removed");
         }
         Err(e) => {
-            tracing::warn!(image = %tag, container = %container, error = %e, "build timed out: could not remove its step container")
+            tracing::warn!(image = %tag, container = %container, error = %e, "build timed out: could not remove its step container");
         }
     }
 }
