@@ -86,11 +86,14 @@ command -v mkfs.xfs >/dev/null 2>&1 || missing_pkgs+=(xfsprogs)
 # finds docker0's address with ip.
 command -v iptables >/dev/null 2>&1 || missing_pkgs+=(iptables)
 command -v ip >/dev/null 2>&1 || missing_pkgs+=(iproute2)
+# The image tests start their own registry process (own config, storage and loopback port); the package's service,
+# if the init system starts it, plays no part.
+command -v docker-registry >/dev/null 2>&1 || missing_pkgs+=(docker-registry)
 if [ "${#missing_pkgs[@]}" -gt 0 ]; then
     step "Docker: installing ${missing_pkgs[*]}"
     apt_install "${missing_pkgs[@]}"
 else
-    step "Docker: docker.io, debootstrap, bubblewrap, xfsprogs, iptables and iproute2 are installed"
+    step "Docker: docker.io, debootstrap, bubblewrap, xfsprogs, iptables, iproute2 and docker-registry are installed"
 fi
 
 if docker info >/dev/null 2>&1; then

@@ -9,10 +9,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod ceilings;
+mod images;
 mod network;
 mod otel;
 mod terminus;
 
+pub use images::{DEFAULT_IMAGE_REPOSITORY, ImageConfig};
 pub use network::{Cidr, NetworkConfig, NetworkMode};
 pub use otel::{OtelConfig, OtlpProtocol, TraceSampler};
 pub use terminus::TerminusConfig;
@@ -90,6 +92,8 @@ pub struct Config {
     pub openai: Option<OpenAiConfig>,
     /// How Terminus 2 runs.
     pub terminus: TerminusConfig,
+    /// How task images are built, kept and chosen.
+    pub images: ImageConfig,
     /// `WORKER_POLL_INTERVAL_MS` (5000).
     pub poll_interval: Duration,
     /// `MAX_CONCURRENT_ATTEMPTS_PER_JOB` (10).
@@ -266,6 +270,7 @@ impl Config {
         });
 
         let terminus = terminus::read(&mut r);
+        let images = images::read(&mut r);
 
         let poll_ms: u64 = r.parsed(
             "WORKER_POLL_INTERVAL_MS",
@@ -388,6 +393,7 @@ impl Config {
             s3,
             openai,
             terminus,
+            images,
             poll_interval: Duration::from_millis(poll_ms),
             max_concurrent_attempts_per_job,
             max_concurrent_jobs,

@@ -89,10 +89,19 @@ pub async fn app(config: &Config, mode: Mode) -> eyre::Result<App> {
     };
     let runtime: Arc<dyn Runtime> = match DockerRuntime::connect().await {
         Ok(docker) => {
-            let docker = docker.with_network(config.network.clone());
-            // Only the commands that run tasks touch the host's firewall.
+            let docker = docker
+                .with_network(config.network.clone())
+                .with_images(config.images.clone(), &config.work_dir);
             if mode != Mode::Embedded {
+                // Only the commands that run tasks touch the host's firewall.
                 docker.install_firewall().await;
+                // At start-up too: a budget lowered since the last run applies at once, not after the next build.
+                let collector = docker.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = collector.collect_images().await {
+                        tracing::warn!(error = %e, "could not collect unused task images");
+                    }
+                });
             }
             Arc::new(docker)
         }

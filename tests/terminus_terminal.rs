@@ -319,6 +319,7 @@ async fn tmux_is_installed_when_the_image_lacks_it() {
         reference: "debian:bookworm-slim".into(),
         workdir: None,
         built: false,
+        hold: Default::default(),
     };
     with_sandbox(
         &rt,
@@ -375,6 +376,7 @@ async fn an_install_that_takes_too_long_is_a_setup_error() {
         reference: "debian:bookworm-slim".into(),
         workdir: None,
         built: false,
+        hold: Default::default(),
     };
     with_sandbox(
         &rt,

@@ -31,9 +31,17 @@ pub enum RuntimeError {
     /// The task's environment image could not be built; the last lines of the build's output.
     #[error("the task's environment failed to build: {0}")]
     Build(String),
-    /// Building the environment took longer than `[environment] build_timeout_sec`.
-    #[error("building the task's environment took longer than {0:?}")]
-    BuildTimeout(Duration),
+    /// Building the environment took longer than `[environment] build_timeout_sec` (or the operator's ceiling);
+    /// the build was stopped and its container removed.
+    #[error(
+        "building the task's environment took longer than {limit:?}{note}; the build was stopped"
+    )]
+    BuildTimeout {
+        /// The time the build had.
+        limit: Duration,
+        /// Why the limit is what it is, when the task asked for more (starts with "; "), else empty.
+        note: String,
+    },
     /// The new container did not answer its first command in time (e.g. an image whose shell never returns); it
     /// was removed.
     #[error(
@@ -131,6 +139,31 @@ pub struct PreparedImage {
     pub workdir: Option<String>,
     /// True when the image was built for this job, false when it was reused.
     pub built: bool,
+    /// Keeps the image from the image cache's collection while any clone of this value lives (the job's attempts
+    /// hold one until the job ends).
+    pub hold: ImageHold,
+}
+
+/// A token that keeps a prepared image in use: the runtime's collection of unused images skips an image while a
+/// clone of its hold lives. The default holds nothing.
+#[derive(Clone, Default)]
+pub struct ImageHold(Option<std::sync::Arc<dyn Send + Sync>>);
+
+impl ImageHold {
+    /// A hold that keeps `guard` alive until the last clone is dropped (the guard releases the image on drop).
+    pub fn new(guard: impl Send + Sync + 'static) -> ImageHold {
+        ImageHold(Some(std::sync::Arc::new(guard)))
+    }
+}
+
+impl std::fmt::Debug for ImageHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "ImageHold(held)"
+        } else {
+            "ImageHold(none)"
+        })
+    }
 }
 
 /// The result of one command.

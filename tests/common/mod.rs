@@ -130,6 +130,7 @@ pub async fn harness_with_runtime(
         .await
         .expect("connect test database");
     db::migrate(&db).await.expect("migrate");
+    let runtime = runtime.with_images(config.images.clone(), work.path());
     let app = App {
         db: db.clone(),
         store: ArtifactStore::S3(s3.clone()),

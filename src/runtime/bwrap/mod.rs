@@ -110,6 +110,7 @@ impl Runtime for BwrapRuntime {
             reference,
             workdir: task.environment.workdir.clone(),
             built: false,
+            hold: Default::default(),
         })
     }
 

@@ -27,6 +27,7 @@ fn image() -> PreparedImage {
         reference: "local".into(),
         workdir: None,
         built: false,
+        hold: Default::default(),
     }
 }
 

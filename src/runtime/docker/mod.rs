@@ -6,10 +6,11 @@
 //! made for one) carries the labels [`LABEL_MANAGED`], [`LABEL_JOB`] and [`LABEL_ATTEMPT`], so leftovers can always be
 //! found and removed ([`Runtime::remove_leftovers`]).
 //!
-//! One concern per file: `image.rs` builds or finds the task's image, `network.rs` gives the attempt a network of its
-//! own (or none), `firewall.rs` keeps those networks off private ranges and the host, `container.rs` creates and
-//! starts the attempt's container and is its [`Sandbox`], `exec.rs` runs commands in it, `transfer.rs` copies files
-//! in and out, and `labels.rs` finds containers and networks by their labels for the sweeps.
+//! One concern per file: `image/` finds, pulls or builds the task's image and keeps the image cache, `network.rs`
+//! gives the attempt a network of its own (or none), `firewall.rs` keeps those networks off private ranges and the
+//! host, `storage.rs` asks for the task's disk limit where the daemon enforces one, `container.rs` creates and starts
+//! the attempt's container and is its [`Sandbox`], `exec.rs` runs commands in it, `transfer.rs` copies files in and
+//! out, and `labels.rs` finds containers and networks by their labels for the sweeps.
 
 mod container;
 mod exec;
@@ -31,13 +32,14 @@ use uuid::Uuid;
 
 pub use container::DockerSandbox;
 pub(crate) use exec::shell_quote;
+pub use image::{Collected, ImageCache};
 pub use labels::{
     LABEL_ATTEMPT, LABEL_ATTEMPT_INDEX, LABEL_JOB, LABEL_MANAGED, LABEL_NETWORK, LABEL_WORKER,
 };
 pub use storage::StorageQuota;
 
 use super::{PreparedImage, Runtime, RuntimeError, Sandbox, SandboxSpec};
-use crate::config::{NetworkConfig, NetworkMode};
+use crate::config::{ImageConfig, NetworkConfig, NetworkMode};
 use crate::task::TaskSpec;
 
 /// Talks to a Docker daemon.
@@ -47,6 +49,7 @@ pub struct DockerRuntime {
     server_version: String,
     storage: Arc<StorageQuota>,
     network: NetworkConfig,
+    images: Arc<image::ImagePolicy>,
 }
 
 fn is_not_found(e: &DockerError) -> bool {
@@ -82,6 +85,7 @@ impl DockerRuntime {
             server_version: version.version.unwrap_or_else(|| "unknown".into()),
             storage: Arc::default(),
             network: NetworkConfig::default(),
+            images: Default::default(),
         })
     }
 
@@ -122,6 +126,24 @@ impl DockerRuntime {
         }
     }
 
+    /// Choose, build and keep task images as `settings` say, recording their last use in `image-use.json` under
+    /// `work_dir` (created if absent).
+    pub fn with_images(mut self, settings: ImageConfig, work_dir: &Path) -> DockerRuntime {
+        let _ = std::fs::create_dir_all(work_dir);
+        let cache = ImageCache::load(Some(work_dir.join("image-use.json")));
+        self.images = Arc::new(image::ImagePolicy {
+            settings,
+            cache: Arc::new(cache),
+        });
+        self
+    }
+
+    /// Remove the least recently used task images until they fit `IMAGE_CACHE_MAX_MB` (also done after every
+    /// build); logs what was removed and the bytes freed.
+    pub async fn collect_images(&self) -> Result<Collected, RuntimeError> {
+        image::collect(&self.docker, &self.images.cache, &self.images.settings).await
+    }
+
     /// The bollard client.
     pub fn client(&self) -> &Docker {
         &self.docker
@@ -149,7 +171,7 @@ impl Runtime for DockerRuntime {
         task_root: &Path,
         task: &TaskSpec,
     ) -> Result<PreparedImage, RuntimeError> {
-        image::prepare(&self.docker, task_root, task).await
+        image::prepare(&self.docker, &self.images, task_root, task).await
     }
 
     async fn start(
