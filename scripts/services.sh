@@ -105,8 +105,8 @@ fi
 # with dockerd under the name `runsc`, merged into whatever /etc/docker/daemon.json already holds, and loaded with
 # SIGHUP: `runtimes` is one of the settings dockerd reloads without a restart, so running containers are untouched.
 # `--network=host` makes runsc use the network namespace Docker prepared for the container (its own network, the
-# worker's firewall rules) instead of gVisor's user-space network stack, which does not start on every host (it does
-# not on the CI machine). `--overlay2=none` keeps writes inside the container in the container's own writable layer:
+# worker's firewall rules) instead of gVisor's user-space network stack; on the CI machine runsc runs under Docker only
+# with it. `--overlay2=none` keeps writes inside the container in the container's own writable layer:
 # newer runsc releases default to an in-sandbox overlay whose files neither `docker cp` nor the worker's archive
 # copies of /logs can see.
 RUNSC_ARGS='["--network=host","--overlay2=none"]'
