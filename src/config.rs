@@ -9,9 +9,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod otel;
+mod privileges;
 mod terminus;
 
 pub use otel::{OtelConfig, OtlpProtocol, TraceSampler};
+pub use privileges::PrivilegesConfig;
 pub use terminus::TerminusConfig;
 
 /// A value that must never reach logs, errors, traces or artifacts. `Debug` and `Display` print `[redacted]`.
@@ -87,6 +89,8 @@ pub struct Config {
     pub openai: Option<OpenAiConfig>,
     /// How Terminus 2 runs.
     pub terminus: TerminusConfig,
+    /// What attempt containers may do beyond the fixed policy (`DOCKER_RUNTIME`, `DOCKER_CAP_ADD`).
+    pub privileges: PrivilegesConfig,
     /// `WORKER_POLL_INTERVAL_MS` (5000).
     pub poll_interval: Duration,
     /// `MAX_CONCURRENT_ATTEMPTS_PER_JOB` (10).
@@ -258,6 +262,7 @@ impl Config {
         });
 
         let terminus = terminus::read(&mut r);
+        let privileges = privileges::read(&mut r);
 
         let poll_ms: u64 = r.parsed(
             "WORKER_POLL_INTERVAL_MS",
@@ -366,6 +371,7 @@ impl Config {
             s3,
             openai,
             terminus,
+            privileges,
             poll_interval: Duration::from_millis(poll_ms),
             max_concurrent_attempts_per_job,
             max_concurrent_jobs,

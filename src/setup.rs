@@ -88,7 +88,13 @@ pub async fn app(config: &Config, mode: Mode) -> eyre::Result<App> {
         None => ArtifactStore::Local(LocalStore::new(config.work_dir.join("artifacts"))),
     };
     let runtime: Arc<dyn Runtime> = match DockerRuntime::connect().await {
-        Ok(docker) => Arc::new(docker),
+        // The operator asked for this runtime: without it the worker does not start, whatever the mode.
+        Ok(docker) => Arc::new(
+            docker
+                .with_privileges(&config.privileges)
+                .await
+                .map_err(|e| eyre!("{e}"))?,
+        ),
         Err(e) if mode == Mode::Daemon => {
             return Err(eyre!(
                 "the worker needs Docker to run tasks, and {e} (start dockerd or set DOCKER_HOST)"

@@ -101,6 +101,10 @@ pub async fn harness_on(test_db: TestDb, extra: &[(&str, &str)]) -> Harness {
     vars.insert("WORKER_POLL_INTERVAL_MS".into(), "200".into());
     vars.insert("WORKER_WORK_DIR".into(), work.path().display().to_string());
     vars.insert("DEFAULT_MEMORY_MB".into(), "512".into());
+    // The suite runs a second time under another container runtime (scripts/test.sh: `DOCKER_RUNTIME=runsc`).
+    if let Ok(runtime) = std::env::var("DOCKER_RUNTIME") {
+        vars.insert("DOCKER_RUNTIME".into(), runtime);
+    }
     for (k, v) in extra {
         vars.insert(k.to_string(), v.to_string());
     }
@@ -118,7 +122,12 @@ pub async fn harness_on(test_db: TestDb, extra: &[(&str, &str)]) -> Harness {
     db::migrate(&db).await.expect("migrate");
     let runtime = DockerRuntime::connect()
         .await
-        .expect("Docker must be running (scripts/services.sh starts it)");
+        .expect("Docker must be running (scripts/services.sh starts it)")
+        .with_privileges(&config.privileges)
+        .await
+        .expect(
+            "DOCKER_RUNTIME must be registered with dockerd (scripts/services.sh registers runsc)",
+        );
     let app = App {
         db: db.clone(),
         store: ArtifactStore::S3(s3.clone()),
@@ -302,12 +311,13 @@ impl Harness {
     }
 }
 
-/// The worker binary with a clean environment: only `PATH`, `HOME` and `DOCKER_HOST` are passed on, so no setting
-/// of the test's own environment leaks into what it checks.
+/// The worker binary with a clean environment: only `PATH`, `HOME`, `DOCKER_HOST` and `DOCKER_RUNTIME` (the suite's
+/// second run under gVisor) are passed on, so no other setting of the test's own environment leaks into what it
+/// checks.
 pub fn bare_command() -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_terminal-bench-worker"));
     cmd.env_clear();
-    for var in ["PATH", "HOME", "DOCKER_HOST"] {
+    for var in ["PATH", "HOME", "DOCKER_HOST", "DOCKER_RUNTIME"] {
         if let Some(v) = std::env::var_os(var) {
             cmd.env(var, v);
         }

@@ -7,13 +7,15 @@
 //! ([`Runtime::remove_leftovers`]).
 //!
 //! One concern per file: `image.rs` builds or finds the task's image, `container.rs` creates and starts the attempt's
-//! container and is its [`Sandbox`], `exec.rs` runs commands in it, `transfer.rs` copies files in and out, and
-//! `labels.rs` finds containers by their labels for the sweeps.
+//! container and is its [`Sandbox`], `privileges.rs` says what the container may do (capabilities, init, limits,
+//! runtime), `exec.rs` runs commands in it, `transfer.rs` copies files in and out, and `labels.rs` finds containers
+//! by their labels for the sweeps.
 
 mod container;
 mod exec;
 mod image;
 mod labels;
+mod privileges;
 mod transfer;
 
 use std::path::Path;
@@ -27,8 +29,10 @@ use uuid::Uuid;
 pub use container::DockerSandbox;
 pub(crate) use exec::shell_quote;
 pub use labels::{LABEL_ATTEMPT, LABEL_ATTEMPT_INDEX, LABEL_JOB, LABEL_MANAGED, LABEL_WORKER};
+pub use privileges::{BASE_CAPABILITIES, NOFILE_LIMIT, PIDS_LIMIT};
 
 use super::{PreparedImage, Runtime, RuntimeError, Sandbox, SandboxSpec};
+use crate::config::PrivilegesConfig;
 use crate::task::TaskSpec;
 
 /// Talks to a Docker daemon.
@@ -36,6 +40,7 @@ use crate::task::TaskSpec;
 pub struct DockerRuntime {
     docker: Docker,
     server_version: String,
+    privileges: PrivilegesConfig,
 }
 
 fn is_not_found(e: &DockerError) -> bool {
@@ -60,7 +65,21 @@ impl DockerRuntime {
         Ok(DockerRuntime {
             docker,
             server_version: version.version.unwrap_or_else(|| "unknown".into()),
+            privileges: PrivilegesConfig::default(),
         })
+    }
+
+    /// Apply the operator's container runtime and extra capabilities to every attempt container from now on. A
+    /// runtime the daemon does not list is refused here, at start-up, rather than by every attempt.
+    pub async fn with_privileges(
+        mut self,
+        privileges: &PrivilegesConfig,
+    ) -> Result<DockerRuntime, RuntimeError> {
+        if let Some(runtime) = &privileges.runtime {
+            privileges::check_runtime(&self.docker, runtime).await?;
+        }
+        self.privileges = privileges.clone();
+        Ok(self)
     }
 
     /// The bollard client.
@@ -81,7 +100,10 @@ impl DockerRuntime {
 #[async_trait]
 impl Runtime for DockerRuntime {
     fn describe(&self) -> String {
-        format!("Docker {}", self.server_version)
+        match &self.privileges.runtime {
+            Some(runtime) => format!("Docker {} (runtime {runtime})", self.server_version),
+            None => format!("Docker {}", self.server_version),
+        }
     }
 
     async fn prepare(
@@ -98,7 +120,7 @@ impl Runtime for DockerRuntime {
         image: &PreparedImage,
         spec: &SandboxSpec,
     ) -> Result<Box<dyn Sandbox>, RuntimeError> {
-        let sandbox = container::start(&self.docker, image, spec).await?;
+        let sandbox = container::start(&self.docker, image, spec, &self.privileges).await?;
         Ok(Box::new(sandbox))
     }
 
