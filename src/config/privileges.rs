@@ -1,6 +1,6 @@
-//! What attempt containers may do beyond the worker's fixed policy (`DOCKER_RUNTIME`, `DOCKER_CAP_ADD`): another
-//! container runtime such as gVisor's `runsc`, and capabilities a deployment's tasks need on top of the short default
-//! list.
+//! What attempt containers may do beyond the worker's fixed policy (`DOCKER_RUNTIME`, `DOCKER_CAP_ADD`,
+//! `DOCKER_NOFILE_LIMIT`): another container runtime such as gVisor's `runsc`, capabilities a deployment's tasks need
+//! on top of the short default list, and the open-files limit.
 
 use super::Reader;
 
@@ -49,8 +49,11 @@ const KNOWN_CAPABILITIES: &[&str] = &[
     "WAKE_ALARM",
 ];
 
+/// Default of `DOCKER_NOFILE_LIMIT`: far above what tasks use, and below the hard limit dockerd usually runs with.
+pub const DEFAULT_NOFILE_LIMIT: i64 = 16384;
+
 /// The operator's additions to the attempt containers' confinement policy.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PrivilegesConfig {
     /// `DOCKER_RUNTIME` (unset: the daemon's default, usually `runc`): the container runtime of attempt containers,
     /// e.g. `runsc` for gVisor. The daemon must list it (`docker info`), or the worker does not start.
@@ -58,6 +61,20 @@ pub struct PrivilegesConfig {
     /// `DOCKER_CAP_ADD` (empty): capabilities added to the default list, comma-separated names such as `NET_RAW`
     /// (a `CAP_` prefix and lower case are accepted), stored upper case without the prefix.
     pub cap_add: Vec<String>,
+    /// `DOCKER_NOFILE_LIMIT` (16384): most open files per process in attempt containers (soft and hard). It may not
+    /// exceed dockerd's own hard limit: without `CAP_SYS_RESOURCE` the container cannot raise it, and Docker refuses
+    /// to start it ("error setting rlimit type 7").
+    pub nofile: i64,
+}
+
+impl Default for PrivilegesConfig {
+    fn default() -> Self {
+        PrivilegesConfig {
+            runtime: None,
+            cap_add: Vec::new(),
+            nofile: DEFAULT_NOFILE_LIMIT,
+        }
+    }
 }
 
 /// Read the privilege settings, adding a line to `r`'s problems for each malformed one.
@@ -92,7 +109,17 @@ pub(super) fn read(r: &mut Reader<'_>) -> PrivilegesConfig {
             ));
         }
     }
-    PrivilegesConfig { runtime, cap_add }
+    let nofile = r.parsed(
+        "DOCKER_NOFILE_LIMIT",
+        DEFAULT_NOFILE_LIMIT,
+        "a whole number of open files between 64 and 1048576",
+        |v| (64..=1_048_576).contains(v),
+    );
+    PrivilegesConfig {
+        runtime,
+        cap_add,
+        nofile,
+    }
 }
 
 #[cfg(test)]
@@ -125,10 +152,12 @@ mod tests {
         let (config, problems) = read_from(&[
             ("DOCKER_RUNTIME", "runsc"),
             ("DOCKER_CAP_ADD", " net_raw, CAP_AUDIT_WRITE ,NET_RAW,"),
+            ("DOCKER_NOFILE_LIMIT", "65536"),
         ]);
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(config.runtime.as_deref(), Some("runsc"));
         assert_eq!(config.cap_add, vec!["NET_RAW", "AUDIT_WRITE"]);
+        assert_eq!(config.nofile, 65536);
     }
 
     #[test]
@@ -136,10 +165,12 @@ mod tests {
         let (_, problems) = read_from(&[
             ("DOCKER_RUNTIME", "run sc;"),
             ("DOCKER_CAP_ADD", "ALL,NET_RAW,SYS_FLY"),
+            ("DOCKER_NOFILE_LIMIT", "10"),
         ]);
-        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert_eq!(problems.len(), 4, "{problems:?}");
         assert!(problems[0].starts_with("DOCKER_RUNTIME must be"));
         assert!(problems[1].contains("\"ALL\" is not one"));
         assert!(problems[2].contains("\"SYS_FLY\" is not one"));
+        assert!(problems[3].starts_with("DOCKER_NOFILE_LIMIT must be"));
     }
 }

@@ -302,6 +302,18 @@ impl Harness {
             .expect("list containers")
     }
 
+    /// A new platform user (jobs name their owner by a foreign key), for tests with jobs of several users.
+    pub async fn add_user(&self, email: &str) -> Uuid {
+        let id = Uuid::new_v4();
+        self.db
+            .execute_unprepared(&format!(
+                "INSERT INTO users (id, email, password) VALUES ('{id}', '{email}', 'x')"
+            ))
+            .await
+            .expect("insert user");
+        id
+    }
+
     /// Final status helper.
     pub async fn job(&self, id: Uuid) -> job::Model {
         db::find_job(&self.db, id)
@@ -383,4 +395,18 @@ pub fn sleepy_task(parent: &Path, seconds: u32) -> PathBuf {
             ("tests/test.sh", TEST_DONE),
         ],
     )
+}
+
+/// The test process's peak resident memory in MiB (`VmHWM`), which includes an in-process worker; 0 where `/proc`
+/// does not say.
+pub fn peak_rss_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib / 1024)
 }

@@ -29,7 +29,7 @@ use uuid::Uuid;
 pub use container::DockerSandbox;
 pub(crate) use exec::shell_quote;
 pub use labels::{LABEL_ATTEMPT, LABEL_ATTEMPT_INDEX, LABEL_JOB, LABEL_MANAGED, LABEL_WORKER};
-pub use privileges::{BASE_CAPABILITIES, NOFILE_LIMIT, PIDS_LIMIT};
+pub use privileges::{BASE_CAPABILITIES, PIDS_LIMIT};
 
 use super::{PreparedImage, Runtime, RuntimeError, Sandbox, SandboxSpec};
 use crate::config::PrivilegesConfig;

@@ -35,11 +35,9 @@ pub const BASE_CAPABILITIES: &[&str] = &[
 /// Most processes one container may run: a fork bomb stops here instead of exhausting the host.
 pub const PIDS_LIMIT: i64 = 4096;
 
-/// Most open files per process (soft and hard): far above what tasks use, far below the host's own limit.
-/// `nproc` is not limited with a ulimit: the kernel counts it per user across the whole host (root in the container
-/// is root outside, without a user namespace), so [`PIDS_LIMIT`] bounds processes instead.
-pub const NOFILE_LIMIT: i64 = 65536;
-
+/// `nproc` is not limited with a ulimit: the kernel counts it per user across the whole host (root in the container is
+/// root outside, without a user namespace), so [`PIDS_LIMIT`] bounds processes instead. Open files are limited with
+/// `DOCKER_NOFILE_LIMIT` (soft and hard).
 /// The confinement part of an attempt container's host configuration; the caller adds the task's CPU and memory.
 pub(super) fn host_config(privileges: &PrivilegesConfig) -> HostConfig {
     let mut cap_add: Vec<String> = BASE_CAPABILITIES.iter().map(|c| c.to_string()).collect();
@@ -59,8 +57,8 @@ pub(super) fn host_config(privileges: &PrivilegesConfig) -> HostConfig {
         pids_limit: Some(PIDS_LIMIT),
         ulimits: Some(vec![ResourcesUlimits {
             name: Some("nofile".into()),
-            soft: Some(NOFILE_LIMIT),
-            hard: Some(NOFILE_LIMIT),
+            soft: Some(privileges.nofile),
+            hard: Some(privileges.nofile),
         }]),
         runtime: privileges.runtime.clone(),
         ..Default::default()
@@ -92,6 +90,7 @@ mod tests {
         let host = host_config(&PrivilegesConfig {
             runtime: Some("runsc".into()),
             cap_add: vec!["NET_RAW".into(), "CHOWN".into()],
+            nofile: 1000,
         });
         assert_eq!(host.cap_drop, Some(vec!["ALL".to_string()]));
         let added = host.cap_add.unwrap();
@@ -105,10 +104,7 @@ mod tests {
         assert_eq!(host.pids_limit, Some(PIDS_LIMIT));
         assert_eq!(host.runtime.as_deref(), Some("runsc"));
         let nofile = &host.ulimits.unwrap()[0];
-        assert_eq!(
-            (nofile.soft, nofile.hard),
-            (Some(NOFILE_LIMIT), Some(NOFILE_LIMIT))
-        );
+        assert_eq!((nofile.soft, nofile.hard), (Some(1000), Some(1000)));
         assert_eq!(host_config(&PrivilegesConfig::default()).runtime, None);
     }
 }
