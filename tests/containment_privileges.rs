@@ -329,3 +329,23 @@ async fn stopping_processes_after_a_deadline_spares_init_and_the_keep_alive() {
     );
     println!("after the deadline under {}:\n{listing}", runtime_name());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_the_daemon_does_not_know_stops_the_worker_at_start_with_a_clear_error() {
+    let h = harness(&[]).await;
+    let work = tempfile::tempdir().unwrap();
+    let out = worker_command(&h, work.path())
+        .env("DOCKER_RUNTIME", "no-such-runtime")
+        .arg("worker")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("DOCKER_RUNTIME is \"no-such-runtime\"")
+            && stderr.contains("runc")
+            && stderr.contains("daemon.json"),
+        "the error names the setting, the runtimes the daemon has and the fix: {stderr}"
+    );
+    println!("{}", stderr.trim());
+}
