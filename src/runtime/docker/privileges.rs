@@ -40,7 +40,7 @@ pub const PIDS_LIMIT: i64 = 4096;
 /// `DOCKER_NOFILE_LIMIT` (soft and hard).
 /// The confinement part of an attempt container's host configuration; the caller adds the task's CPU and memory.
 pub(super) fn host_config(privileges: &PrivilegesConfig) -> HostConfig {
-    let mut cap_add: Vec<String> = BASE_CAPABILITIES.iter().map(|c| c.to_string()).collect();
+    let mut cap_add: Vec<String> = BASE_CAPABILITIES.iter().map(ToString::to_string).collect();
     for extra in &privileges.cap_add {
         if !cap_add.contains(extra) {
             cap_add.push(extra.clone());
