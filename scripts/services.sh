@@ -109,6 +109,55 @@ else
     step "Docker: daemon is running"
 fi
 
+# --------------------------------------------------------------------------- gVisor (runsc)
+# The optional sandboxed runtime (`DOCKER_RUNTIME=runsc`); the containment tests run a second time with it. Registered
+# with dockerd under the name `runsc`, merged into whatever /etc/docker/daemon.json already holds, and loaded with
+# SIGHUP: `runtimes` is one of the settings dockerd reloads without a restart, so running containers are untouched.
+# `--network=host` makes runsc use the network namespace Docker prepared for the container (its own network, the
+# worker's firewall rules) instead of gVisor's user-space network stack; on the CI machine runsc runs under Docker only
+# with it. `--overlay2=none` keeps writes inside the container in the container's own writable layer:
+# newer runsc releases default to an in-sandbox overlay whose files neither `docker cp` nor the worker's archive
+# copies of /logs can see.
+RUNSC_ARGS='["--network=host","--overlay2=none"]'
+missing_pkgs=()
+command -v runsc >/dev/null 2>&1 || missing_pkgs+=(runsc)
+command -v jq >/dev/null 2>&1 || missing_pkgs+=(jq)
+if [ "${#missing_pkgs[@]}" -gt 0 ]; then
+    step "gVisor: installing ${missing_pkgs[*]}"
+    apt_install "${missing_pkgs[@]}"
+fi
+runsc_path=$(command -v runsc)
+daemon_json=/etc/docker/daemon.json
+current='{}'
+[ -s "$daemon_json" ] && current=$(cat "$daemon_json")
+wanted=$(jq --arg path "$runsc_path" --argjson args "$RUNSC_ARGS" \
+    '.runtimes.runsc = {path: $path, runtimeArgs: $args}' <<<"$current") ||
+    die "$daemon_json is not valid JSON; fix it and run again"
+if [ "$(jq -S . <<<"$current")" != "$(jq -S . <<<"$wanted")" ]; then
+    step "gVisor: registering runsc in $daemon_json"
+    as_root mkdir -p /etc/docker
+    printf '%s\n' "$wanted" | as_root tee "$daemon_json.tmp" >/dev/null
+    as_root mv "$daemon_json.tmp" "$daemon_json"
+fi
+runsc_listed() { docker info --format '{{json .Runtimes}}' 2>/dev/null | jq -e 'has("runsc")' >/dev/null 2>&1; }
+runsc_current() {
+    docker info --format '{{json .Runtimes}}' 2>/dev/null |
+        jq -e --argjson args "$RUNSC_ARGS" '.runsc.runtimeArgs == $args' >/dev/null 2>&1
+}
+if runsc_listed && runsc_current; then
+    step "gVisor: dockerd lists the runsc runtime"
+else
+    step "gVisor: asking dockerd to reload its configuration (SIGHUP; containers keep running)"
+    dockerd_pid=$(cat /var/run/docker.pid 2>/dev/null || pidof dockerd) || die "dockerd runs but its pid is unknown"
+    as_root kill -HUP "$dockerd_pid"
+    for _ in $(seq 1 30); do
+        runsc_listed && runsc_current && break
+        sleep 1
+    done
+    runsc_listed && runsc_current || die "dockerd does not list the runsc runtime after a reload; see /var/log/dockerd.log"
+    step "gVisor: dockerd lists the runsc runtime"
+fi
+
 # --------------------------------------------------------------------------- base image
 bash "$(dirname "${BASH_SOURCE[0]}")/base-image.sh"
 

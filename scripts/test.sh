@@ -30,6 +30,13 @@ psql -h 127.0.0.1 -U postgres -d postgres -Atc "SELECT datname FROM pg_database 
     while read -r name; do psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$name\"" >/dev/null 2>&1 || true; done
 
 cargo nextest run --workspace --no-fail-fast "$@"
+# The containment tests and an oracle smoke test again under gVisor, the optional runtime operators may choose
+# (`DOCKER_RUNTIME=runsc`; services.sh registers it with dockerd). The harness passes the variable to the worker.
+if [ "$#" -eq 0 ]; then
+    echo "==> containment tests and the oracle smoke test under gVisor (DOCKER_RUNTIME=runsc)"
+    DOCKER_RUNTIME=runsc cargo nextest run --workspace --no-fail-fast \
+        -E 'binary(/^containment/) | (binary(=e2e) & test(=hello_world_job_runs_every_attempt_and_records_everything))'
+fi
 # nextest does not run documentation examples; they are part of the docs' promise.
 if [ "$#" -eq 0 ]; then
     cargo test --doc --workspace

@@ -12,11 +12,13 @@ mod ceilings;
 mod images;
 mod network;
 mod otel;
+mod privileges;
 mod terminus;
 
 pub use images::{DEFAULT_IMAGE_REPOSITORY, ImageConfig};
 pub use network::{Cidr, NetworkConfig, NetworkMode};
 pub use otel::{OtelConfig, OtlpProtocol, TraceSampler};
+pub use privileges::PrivilegesConfig;
 pub use terminus::TerminusConfig;
 
 /// A value that must never reach logs, errors, traces or artifacts. `Debug` and `Display` print `[redacted]`.
@@ -94,6 +96,8 @@ pub struct Config {
     pub terminus: TerminusConfig,
     /// How task images are built, kept and chosen.
     pub images: ImageConfig,
+    /// What attempt containers may do beyond the fixed policy (`DOCKER_RUNTIME`, `DOCKER_CAP_ADD`).
+    pub privileges: PrivilegesConfig,
     /// `WORKER_POLL_INTERVAL_MS` (5000).
     pub poll_interval: Duration,
     /// `MAX_CONCURRENT_ATTEMPTS_PER_JOB` (10).
@@ -271,6 +275,7 @@ impl Config {
 
         let terminus = terminus::read(&mut r);
         let images = images::read(&mut r);
+        let privileges = privileges::read(&mut r);
 
         let poll_ms: u64 = r.parsed(
             "WORKER_POLL_INTERVAL_MS",
@@ -394,6 +399,7 @@ impl Config {
             openai,
             terminus,
             images,
+            privileges,
             poll_interval: Duration::from_millis(poll_ms),
             max_concurrent_attempts_per_job,
             max_concurrent_jobs,

@@ -65,7 +65,7 @@ pub async fn check(config: &Config, timeout: Duration) -> Report {
     let (database, artifacts, docker) = tokio::join!(
         timed("database", timeout, database(config, timeout)),
         timed("artifacts", timeout, artifacts(config)),
-        timed("docker", timeout, docker()),
+        timed("docker", timeout, docker(config)),
     );
     Report {
         checks: vec![database, artifacts, docker],
@@ -166,9 +166,15 @@ fn writable(root: &Path) -> Result<(), String> {
         .map_err(|e| format!("local folder {} is not writable: {e}", root.display()))
 }
 
-/// The daemon the worker would use (DOCKER_HOST or the local socket): version negotiation, then a ping.
-async fn docker() -> Result<String, String> {
-    let runtime = DockerRuntime::connect().await.map_err(|e| e.to_string())?;
+/// The daemon the worker would use (DOCKER_HOST or the local socket): version negotiation, the configured container
+/// runtime, then a ping.
+async fn docker(config: &Config) -> Result<String, String> {
+    let runtime = DockerRuntime::connect()
+        .await
+        .map_err(|e| e.to_string())?
+        .with_privileges(&config.privileges)
+        .await
+        .map_err(|e| e.to_string())?;
     runtime
         .client()
         .ping()

@@ -89,7 +89,11 @@ pub async fn app(config: &Config, mode: Mode) -> eyre::Result<App> {
     };
     let runtime: Arc<dyn Runtime> = match DockerRuntime::connect().await {
         Ok(docker) => {
+            // The operator asked for this runtime: without it the worker does not start, whatever the mode.
             let docker = docker
+                .with_privileges(&config.privileges)
+                .await
+                .map_err(|e| eyre!("{e}"))?
                 .with_network(config.network.clone())
                 .with_images(config.images.clone(), &config.work_dir);
             if mode != Mode::Embedded {

@@ -42,6 +42,13 @@ pub async fn run(task: &Task, sandbox: &dyn Sandbox, out: &mut AttemptOutcome) {
             return;
         }
     };
+    // Background processes the tests left (a server, a `sleep &`) end with them, before the reward is read: nothing
+    // may rewrite it afterwards. A timed-out run was stopped already.
+    if !exec.timed_out
+        && let Err(e) = sandbox.kill_processes().await
+    {
+        tracing::warn!(error = %e, "could not stop what the tests left running");
+    }
     if exec.timed_out {
         out.fail(
             ErrorType::TimeoutError,

@@ -115,6 +115,10 @@ pub async fn harness_with_runtime(
     vars.insert("WORKER_POLL_INTERVAL_MS".into(), "200".into());
     vars.insert("WORKER_WORK_DIR".into(), work.path().display().to_string());
     vars.insert("DEFAULT_MEMORY_MB".into(), "512".into());
+    // The suite runs a second time under another container runtime (scripts/test.sh: `DOCKER_RUNTIME=runsc`).
+    if let Ok(runtime) = std::env::var("DOCKER_RUNTIME") {
+        vars.insert("DOCKER_RUNTIME".into(), runtime);
+    }
     for (k, v) in extra {
         vars.insert(k.to_string(), v.to_string());
     }
@@ -130,7 +134,13 @@ pub async fn harness_with_runtime(
         .await
         .expect("connect test database");
     db::migrate(&db).await.expect("migrate");
-    let runtime = runtime.with_images(config.images.clone(), work.path());
+    let runtime = runtime
+        .with_images(config.images.clone(), work.path())
+        .with_privileges(&config.privileges)
+        .await
+        .expect(
+            "DOCKER_RUNTIME must be registered with dockerd (scripts/services.sh registers runsc)",
+        );
     let app = App {
         db: db.clone(),
         store: ArtifactStore::S3(s3.clone()),
@@ -307,10 +317,16 @@ impl Harness {
 
     /// A new platform user, for jobs of different owners.
     pub async fn user(&self) -> Uuid {
+        self.add_user(&format!("{}@example.com", Uuid::new_v4()))
+            .await
+    }
+
+    /// A new platform user (jobs name their owner by a foreign key), for tests with jobs of several users.
+    pub async fn add_user(&self, email: &str) -> Uuid {
         let id = Uuid::new_v4();
         self.db
             .execute_unprepared(&format!(
-                "INSERT INTO users (id, email, password) VALUES ('{id}', '{id}@example.com', 'x')"
+                "INSERT INTO users (id, email, password) VALUES ('{id}', '{email}', 'x')"
             ))
             .await
             .expect("insert user");
@@ -326,12 +342,13 @@ impl Harness {
     }
 }
 
-/// The worker binary with a clean environment: only `PATH`, `HOME` and `DOCKER_HOST` are passed on, so no setting
-/// of the test's own environment leaks into what it checks.
+/// The worker binary with a clean environment: only `PATH`, `HOME`, `DOCKER_HOST` and `DOCKER_RUNTIME` (the suite's
+/// second run under gVisor) are passed on, so no other setting of the test's own environment leaks into what it
+/// checks.
 pub fn bare_command() -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_terminal-bench-worker"));
     cmd.env_clear();
-    for var in ["PATH", "HOME", "DOCKER_HOST"] {
+    for var in ["PATH", "HOME", "DOCKER_HOST", "DOCKER_RUNTIME"] {
         if let Some(v) = std::env::var_os(var) {
             cmd.env(var, v);
         }
@@ -397,4 +414,18 @@ pub fn sleepy_task(parent: &Path, seconds: u32) -> PathBuf {
             ("tests/test.sh", TEST_DONE),
         ],
     )
+}
+
+/// The test process's peak resident memory in MiB (`VmHWM`), which includes an in-process worker; 0 where `/proc`
+/// does not say.
+pub fn peak_rss_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib / 1024)
 }

@@ -1,6 +1,6 @@
-//! The attempt's container: created from the task's image with the task's limits and labels, on the network
-//! [`network::attach`] chose, kept alive by `sleep infinity`, and removed (with its network) on every path.
-//! [`DockerSandbox`] is the attempt's view of it.
+//! The attempt's container: created from the task's image with the task's limits, the privilege policy
+//! (`privileges.rs`) and labels, on the network [`network::attach`] chose, kept alive by `sleep infinity` under
+//! Docker's init, and removed (with its network) on every path. [`DockerSandbox`] is the attempt's view of it.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -18,16 +18,32 @@ use super::exec::{self, shell_quote};
 use super::labels::{
     LABEL_ATTEMPT, LABEL_ATTEMPT_INDEX, LABEL_JOB, LABEL_MANAGED, LABEL_NETWORK, LABEL_WORKER,
 };
+use super::privileges;
 use super::storage::{self, StorageQuota};
 use super::{is_not_found, network, transfer};
-use crate::config::NetworkMode;
+use crate::config::{NetworkMode, PrivilegesConfig};
 use crate::runtime::{ExecOutput, PreparedImage, RuntimeError, Sandbox, SandboxSpec};
 
 /// Longest wait for the container's first command (making its folders) and for stopping its processes.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Most processes one container may run.
-const PIDS_LIMIT: i64 = 4096;
+/// Stops every process of the container but Docker's init (PID 1), the keep-alive and the script itself. The
+/// keep-alive is init's first child, so it has the lowest PID after 1: nothing started later can take a lower one while
+/// it holds its own. Everything is frozen first so a fork bomb cannot outrun the loop, then the keep-alive is woken
+/// (a stopped child does not end init's wait; killing the keep-alive would end the container). Only shell builtins:
+/// nothing forks while the PIDs are being walked.
+const KILL_ALL_BUT_KEEP_ALIVE: &str = r#"kill -STOP -1 2>/dev/null
+keep=
+for p in /proc/[0-9]*; do
+  n=${p#/proc/}
+  if [ "$n" -gt 1 ] && { [ -z "$keep" ] || [ "$n" -lt "$keep" ]; }; then keep=$n; fi
+done
+for p in /proc/[0-9]*; do
+  n=${p#/proc/}
+  case "$n" in 1|"$keep"|"$$") ;; *) kill -9 "$n" 2>/dev/null ;; esac
+done
+[ -n "$keep" ] && kill -CONT "$keep" 2>/dev/null
+true"#;
 
 /// One attempt's container.
 pub struct DockerSandbox {
@@ -47,9 +63,10 @@ pub(super) async fn start(
     spec: &SandboxSpec,
     quota: &StorageQuota,
     network_mode: NetworkMode,
+    policy: &PrivilegesConfig,
 ) -> Result<DockerSandbox, RuntimeError> {
     let attachment = network::attach(docker, network_mode, spec).await?;
-    let started = start_on(docker, image, spec, quota, &attachment).await;
+    let started = start_on(docker, image, spec, quota, policy, &attachment).await;
     if started.is_err()
         && let Some(name) = attachment.own()
         && let Err(e) = network::remove(docker, name).await
@@ -64,6 +81,7 @@ async fn start_on(
     image: &PreparedImage,
     spec: &SandboxSpec,
     quota: &StorageQuota,
+    policy: &PrivilegesConfig,
     attachment: &network::Attachment,
 ) -> Result<DockerSandbox, RuntimeError> {
     let workdir = spec
@@ -103,9 +121,8 @@ async fn start_on(
             nano_cpus: Some((cpus * 1e9) as i64),
             memory: Some(memory),
             memory_swap: Some(memory),
-            pids_limit: Some(PIDS_LIMIT),
             network_mode: attachment.network_mode(),
-            ..Default::default()
+            ..privileges::host_config(policy)
         }),
         ..Default::default()
     };
@@ -204,7 +221,11 @@ impl Sandbox for DockerSandbox {
         match tokio::time::timeout(limit, self.exec_in(script, &self.workdir)).await {
             Ok(result) => result,
             Err(_) => {
-                self.kill_processes().await?;
+                // The deadline passed either way. A container that cannot start even the kill (a fork bomb at the
+                // pids limit) is stopped by its removal at teardown.
+                if let Err(e) = self.kill_processes().await {
+                    tracing::warn!(container = %self.id, error = %e, "could not stop the timed-out command's processes");
+                }
                 Ok(ExecOutput {
                     exit_code: None,
                     timed_out: true,
@@ -224,13 +245,8 @@ impl Sandbox for DockerSandbox {
     }
 
     async fn kill_processes(&self) -> Result<(), RuntimeError> {
-        // kill(-1) reaches every process but PID 1 (the keep-alive) and the caller itself. A container whose shell
-        // hangs cannot run it: removing the container (teardown) stops everything anyway.
-        match tokio::time::timeout(
-            SETUP_TIMEOUT,
-            self.exec_in("kill -9 -1 2>/dev/null; true", "/"),
-        )
-        .await
+        // A container whose shell hangs cannot run this: removing the container (teardown) stops everything anyway.
+        match tokio::time::timeout(SETUP_TIMEOUT, self.exec_in(KILL_ALL_BUT_KEEP_ALIVE, "/")).await
         {
             Ok(result) => result.map(drop),
             Err(_) => Err(RuntimeError::StartTimeout(SETUP_TIMEOUT)),

@@ -9,8 +9,9 @@
 //! One concern per file: `image/` finds, pulls or builds the task's image and keeps the image cache, `network.rs`
 //! gives the attempt a network of its own (or none), `firewall.rs` keeps those networks off private ranges and the
 //! host, `storage.rs` asks for the task's disk limit where the daemon enforces one, `container.rs` creates and starts
-//! the attempt's container and is its [`Sandbox`], `exec.rs` runs commands in it, `transfer.rs` copies files in and
-//! out, and `labels.rs` finds containers and networks by their labels for the sweeps.
+//! the attempt's container and is its [`Sandbox`], `privileges.rs` says what the container may do (capabilities,
+//! init, limits, runtime), `exec.rs` runs commands in it, `transfer.rs` copies files in and out, and `labels.rs`
+//! finds containers and networks by their labels for the sweeps.
 
 mod container;
 mod exec;
@@ -18,6 +19,7 @@ pub mod firewall;
 mod image;
 mod labels;
 mod network;
+mod privileges;
 mod storage;
 mod transfer;
 
@@ -36,10 +38,11 @@ pub use image::{Collected, ImageCache};
 pub use labels::{
     LABEL_ATTEMPT, LABEL_ATTEMPT_INDEX, LABEL_JOB, LABEL_MANAGED, LABEL_NETWORK, LABEL_WORKER,
 };
+pub use privileges::{BASE_CAPABILITIES, PIDS_LIMIT};
 pub use storage::StorageQuota;
 
 use super::{PreparedImage, Runtime, RuntimeError, Sandbox, SandboxSpec};
-use crate::config::{ImageConfig, NetworkConfig, NetworkMode};
+use crate::config::{ImageConfig, NetworkConfig, NetworkMode, PrivilegesConfig};
 use crate::task::TaskSpec;
 
 /// Talks to a Docker daemon.
@@ -50,6 +53,7 @@ pub struct DockerRuntime {
     storage: Arc<StorageQuota>,
     network: NetworkConfig,
     images: Arc<image::ImagePolicy>,
+    privileges: PrivilegesConfig,
 }
 
 fn is_not_found(e: &DockerError) -> bool {
@@ -86,6 +90,7 @@ impl DockerRuntime {
             storage: Arc::default(),
             network: NetworkConfig::default(),
             images: Default::default(),
+            privileges: PrivilegesConfig::default(),
         })
     }
 
@@ -144,6 +149,19 @@ impl DockerRuntime {
         image::collect(&self.docker, &self.images.cache, &self.images.settings).await
     }
 
+    /// Apply the operator's container runtime and extra capabilities to every attempt container from now on. A
+    /// runtime the daemon does not list is refused here, at start-up, rather than by every attempt.
+    pub async fn with_privileges(
+        mut self,
+        privileges: &PrivilegesConfig,
+    ) -> Result<DockerRuntime, RuntimeError> {
+        if let Some(runtime) = &privileges.runtime {
+            privileges::check_runtime(&self.docker, runtime).await?;
+        }
+        self.privileges = privileges.clone();
+        Ok(self)
+    }
+
     /// The bollard client.
     pub fn client(&self) -> &Docker {
         &self.docker
@@ -162,7 +180,10 @@ impl DockerRuntime {
 #[async_trait]
 impl Runtime for DockerRuntime {
     fn describe(&self) -> String {
-        format!("Docker {}", self.server_version)
+        match &self.privileges.runtime {
+            Some(runtime) => format!("Docker {} (runtime {runtime})", self.server_version),
+            None => format!("Docker {}", self.server_version),
+        }
     }
 
     async fn prepare(
@@ -179,8 +200,15 @@ impl Runtime for DockerRuntime {
         image: &PreparedImage,
         spec: &SandboxSpec,
     ) -> Result<Box<dyn Sandbox>, RuntimeError> {
-        let sandbox =
-            container::start(&self.docker, image, spec, &self.storage, self.network.mode).await?;
+        let sandbox = container::start(
+            &self.docker,
+            image,
+            spec,
+            &self.storage,
+            self.network.mode,
+            &self.privileges,
+        )
+        .await?;
         Ok(Box::new(sandbox))
     }
 
