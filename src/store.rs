@@ -9,6 +9,7 @@ use std::path::{Component, Path, PathBuf};
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
 
 use crate::config::S3Config;
 
@@ -262,32 +263,85 @@ impl ArtifactStore {
         Ok(url)
     }
 
-    /// Upload every regular file under `dir` to `prefix` + its relative path (symbolic links are skipped).
-    /// Returns the number of files uploaded.
-    pub async fn put_dir(&self, dir: &Path, prefix: &str) -> Result<usize, StoreError> {
+    /// Write the file at `path` as an object under `key`, streamed from disk (never the whole file in memory);
+    /// returns its URL.
+    pub async fn put_file(
+        &self,
+        key: &str,
+        path: &Path,
+        content_type: &str,
+    ) -> Result<String, StoreError> {
+        let url = self.url_for(key);
+        match self {
+            ArtifactStore::S3(s) => {
+                // Read a buffer at a time as the request goes out; the length is known, so one PUT carries it.
+                let body = ByteStream::from_path(path)
+                    .await
+                    .map_err(|e| backend(&url, e))?;
+                s.client
+                    .put_object()
+                    .bucket(&s.bucket)
+                    .key(key)
+                    .content_type(content_type)
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|e| backend(&url, sdk_message(&e)))?;
+            }
+            ArtifactStore::Local(l) => {
+                let target = l.path_of(LOCAL_BUCKET, key)?;
+                if let Some(parent) = target.parent() {
+                    tokio::fs::create_dir_all(parent)
+                        .await
+                        .map_err(|e| backend(&url, e))?;
+                }
+                let mut from = tokio::fs::File::open(path)
+                    .await
+                    .map_err(|e| backend(&url, e))?;
+                let mut to = tokio::fs::File::create(&target)
+                    .await
+                    .map_err(|e| backend(&url, e))?;
+                tokio::io::copy(&mut from, &mut to)
+                    .await
+                    .map_err(|e| backend(&url, e))?;
+            }
+        }
+        Ok(url)
+    }
+
+    /// Upload every regular file under `dir` to `prefix` + its relative path (symbolic links are skipped), at most
+    /// `concurrency` at a time, each streamed from disk. Returns the number of files uploaded.
+    pub async fn put_dir(
+        &self,
+        dir: &Path,
+        prefix: &str,
+        concurrency: usize,
+    ) -> Result<usize, StoreError> {
         let prefix = prefix.trim_end_matches('/');
-        let mut files = Vec::new();
+        let mut uploads = Vec::new();
         for entry in walkdir::WalkDir::new(dir)
             .follow_links(false)
             .sort_by_file_name()
         {
             let entry = entry.map_err(|e| backend(&self.url_for(prefix), e))?;
             if entry.file_type().is_file() {
-                files.push(entry.into_path());
+                let path = entry.into_path();
+                let relative = path
+                    .strip_prefix(dir)
+                    .map_err(|e| backend(&self.url_for(prefix), e))?;
+                let key = format!("{prefix}/{}", relative.to_string_lossy().replace('\\', "/"));
+                uploads.push((key, path));
             }
         }
-        for path in &files {
-            let relative = path
-                .strip_prefix(dir)
-                .map_err(|e| backend(&self.url_for(prefix), e))?;
-            let key = format!("{prefix}/{}", relative.to_string_lossy().replace('\\', "/"));
-            let data = tokio::fs::read(path)
-                .await
-                .map_err(|e| backend(&self.url_for(&key), e))?;
-            self.put(&key, Bytes::from(data), content_type_for(path))
-                .await?;
-        }
-        Ok(files.len())
+        let count = uploads.len();
+        futures::stream::iter(uploads)
+            .map(|(key, path)| async move {
+                self.put_file(&key, &path, content_type_for(&path)).await
+            })
+            .buffer_unordered(concurrency.max(1))
+            .try_collect::<Vec<_>>()
+            .await?;
+        Ok(count)
     }
 }
 
@@ -337,5 +391,27 @@ mod tests {
             store.get("s3://local/../../etc/passwd", 10).await,
             Err(StoreError::InvalidUrl(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn local_store_uploads_a_folder_file_by_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let trial = dir.path().join("trial");
+        std::fs::create_dir_all(trial.join("agent")).unwrap();
+        std::fs::write(trial.join("result.json"), "{}").unwrap();
+        std::fs::write(trial.join("agent/oracle.txt"), vec![b'x'; 300_000]).unwrap();
+        let store = ArtifactStore::Local(LocalStore::new(dir.path().join("store")));
+        assert_eq!(
+            store
+                .put_dir(&trial, "results/j/attempt-0", 2)
+                .await
+                .unwrap(),
+            2
+        );
+        let text = store
+            .get("s3://local/results/j/attempt-0/agent/oracle.txt", 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!(text.len(), 300_000);
     }
 }

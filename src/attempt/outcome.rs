@@ -11,6 +11,7 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use crate::db::{OutcomeRows, scrub_json, scrub_text};
+use crate::runtime::CopyBudget;
 
 /// The platform's `metadata.errorType` values; defined with the attempt entity, whose metadata holds them.
 pub use entity::attempt::ErrorType;
@@ -116,6 +117,8 @@ pub struct AttemptOutcome {
     pub usage: Option<TokenUsage>,
     /// The agent's ATIF trajectory (`agent/trajectory.json` in the trial folder), for agents that keep one.
     pub trajectory: Option<Value>,
+    /// What was copied out of `/logs`, and which files were cut at a cap (listed in `result.json`).
+    pub artifacts: CopyBudget,
 }
 
 /// Tokens an attempt's model calls used.
@@ -178,6 +181,7 @@ impl AttemptOutcome {
             model: None,
             usage: None,
             trajectory: None,
+            artifacts: CopyBudget::default(),
         }
     }
 

@@ -6,16 +6,24 @@ use std::path::Path;
 use serde_json::json;
 
 use super::{AttemptContext, AttemptOutcome};
-use crate::runtime::{RuntimeError, Sandbox};
+use crate::runtime::{CopyBudget, RuntimeError, Sandbox};
 use crate::store::StoreError;
 
-/// Copy the log folders out of the sandbox into `trial_dir`.
-pub async fn collect(sandbox: &dyn Sandbox, trial_dir: &Path) -> Result<(), RuntimeError> {
+/// Copy the log folders out of the sandbox into `trial_dir` under `budget` (one budget for both folders). The
+/// verifier's folder goes first: it is small and says how the attempt was graded, so an agent that fills `/logs`
+/// cannot crowd it out.
+pub async fn collect(
+    sandbox: &dyn Sandbox,
+    trial_dir: &Path,
+    budget: &mut CopyBudget,
+) -> Result<(), RuntimeError> {
+    budget.scope("verifier");
     sandbox
-        .copy_dir_out("/logs/agent", &trial_dir.join("agent"))
+        .copy_dir_out("/logs/verifier", &trial_dir.join("verifier"), budget)
         .await?;
+    budget.scope("agent");
     sandbox
-        .copy_dir_out("/logs/verifier", &trial_dir.join("verifier"))
+        .copy_dir_out("/logs/agent", &trial_dir.join("agent"), budget)
         .await
 }
 
@@ -50,6 +58,9 @@ pub fn result_json(ctx: &AttemptContext, out: &AttemptOutcome) -> serde_json::Va
             "exception_type": kind.as_str(),
             "exception_message": message,
         })),
+        "truncated_files": out.artifacts.truncated(),
+        "truncated_files_not_listed": out.artifacts.not_listed(),
+        "logs_cut_short": out.artifacts.stopped_early(),
         "started_at": out.started_at,
         "finished_at": out.finished_at,
         "timing_ms": {
@@ -86,6 +97,8 @@ pub async fn write_and_upload(
     tokio::fs::write(trial_dir.join("result.json"), text)
         .await
         .map_err(io)?;
-    ctx.store.put_dir(trial_dir, prefix).await?;
+    ctx.store
+        .put_dir(trial_dir, prefix, ctx.upload_concurrency)
+        .await?;
     Ok(format!("{}/", ctx.store.url_for(prefix)))
 }
