@@ -228,6 +228,76 @@ impl ArtifactStore {
         }
     }
 
+    /// Fetch an object into the file `path` (streamed, never whole in memory), refusing objects larger than `limit`
+    /// bytes; returns its size.
+    pub async fn get_to_file(&self, url: &str, limit: u64, path: &Path) -> Result<u64, StoreError> {
+        let (bucket, key) = parse_s3_url(url)?;
+        let too_large = |size| StoreError::TooLarge {
+            url: url.to_string(),
+            size,
+            limit,
+        };
+        let mut reader: Box<dyn tokio::io::AsyncRead + Send + Unpin> = match self {
+            ArtifactStore::S3(s) => {
+                let out = s
+                    .client
+                    .get_object()
+                    .bucket(&bucket)
+                    .key(&key)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        let missing =
+                            e.as_service_error().is_some_and(
+                                aws_sdk_s3::operation::get_object::GetObjectError::is_no_such_key,
+                            ) || e.raw_response().is_some_and(|r| r.status().as_u16() == 404);
+                        if missing {
+                            StoreError::NotFound(url.to_string())
+                        } else {
+                            backend(url, sdk_message(&e))
+                        }
+                    })?;
+                if let Some(size) = out.content_length().and_then(|n| u64::try_from(n).ok())
+                    && size > limit
+                {
+                    return Err(too_large(size));
+                }
+                Box::new(out.body.into_async_read())
+            }
+            ArtifactStore::Local(l) => {
+                let source = l.path_of(&bucket, &key)?;
+                match tokio::fs::metadata(&source).await {
+                    Ok(m) if m.is_file() && m.len() > limit => return Err(too_large(m.len())),
+                    Ok(m) if m.is_file() => {}
+                    Ok(_) => return Err(StoreError::NotFound(url.to_string())),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(StoreError::NotFound(url.to_string()));
+                    }
+                    Err(e) => return Err(backend(url, e)),
+                }
+                Box::new(
+                    tokio::fs::File::open(&source)
+                        .await
+                        .map_err(|e| backend(url, e))?,
+                )
+            }
+        };
+        let mut file = tokio::fs::File::create(path)
+            .await
+            .map_err(|e| backend(url, e))?;
+        // One byte past the limit is enough to know it is exceeded, whatever the headers said.
+        let written = tokio::io::copy(
+            &mut tokio::io::AsyncReadExt::take(&mut reader, limit.saturating_add(1)),
+            &mut file,
+        )
+        .await
+        .map_err(|e| backend(url, e))?;
+        if written > limit {
+            return Err(too_large(written));
+        }
+        Ok(written)
+    }
+
     /// Write an object under `key` in this store's bucket; returns its URL.
     pub async fn put(
         &self,
@@ -390,6 +460,13 @@ mod tests {
         assert!(matches!(
             store.get("s3://local/../../etc/passwd", 10).await,
             Err(StoreError::InvalidUrl(_))
+        ));
+        let copy = dir.path().join("copy.zip");
+        assert_eq!(store.get_to_file(&url, 10, &copy).await.unwrap(), 3);
+        assert_eq!(std::fs::read(&copy).unwrap(), b"abc");
+        assert!(matches!(
+            store.get_to_file(&url, 2, &copy).await,
+            Err(StoreError::TooLarge { .. })
         ));
     }
 
