@@ -62,6 +62,8 @@ pub struct AttemptContext {
     pub default_cpus: f64,
     /// Memory limit (MiB) when `task.toml` names none.
     pub default_memory_mb: u64,
+    /// The database, to check the job's claim before uploading.
+    pub db: sea_orm::DatabaseConnection,
     /// Whole-attempt deadline (see [`attempt_timeout`]); the attempt stack's timeout layer enforces it.
     pub attempt_timeout: Duration,
     /// Host folder for this job's attempts' scratch space.
