@@ -36,7 +36,7 @@ pub async fn pack(source: &Path, target: &str, tar: &Path) -> Result<PackedDir, 
         builder
             .into_inner()?
             .into_inner()
-            .map_err(|e| e.into_error())?;
+            .map_err(std::io::IntoInnerError::into_error)?;
         Ok(())
     })
     .await?
