@@ -334,8 +334,9 @@ impl Config {
         let artifact_file_mb = r.parsed(
             "ARTIFACT_MAX_FILE_MB",
             64u64,
-            "a whole number of MiB (at least 1)",
-            |v| (1..=1024 * 1024).contains(v),
+            // Each file goes up in one streamed PUT, which S3 limits to 5 GiB.
+            "a whole number of MiB between 1 and 5120",
+            |v| (1..=5120).contains(v),
         );
         let artifact_attempt_mb = r.parsed(
             "ARTIFACT_MAX_ATTEMPT_MB",
