@@ -136,6 +136,11 @@ pub struct Config {
     pub max_unpacked_bytes: u64,
     /// `WORKER_WORK_DIR` (`.tbw` in the working folder): scratch space and the embedded default's data.
     pub work_dir: PathBuf,
+    /// `ARTIFACT_MAX_FILE_MB` (64) and `ARTIFACT_MAX_ATTEMPT_MB` (256): most of one `/logs` file, and of all of an
+    /// attempt's, kept and uploaded; a file cut at a cap is listed in `result.json`.
+    pub artifact_limits: crate::runtime::CopyLimits,
+    /// `ARTIFACT_UPLOAD_CONCURRENCY` (4): files of one attempt uploaded at the same time.
+    pub upload_concurrency: usize,
     /// `OTEL_EXPORTER_OTLP_ENDPOINT`: where traces and metrics go, if anywhere.
     pub otlp_endpoint: Option<String>,
     /// The rest of OpenTelemetry's standard `OTEL_*` settings.
@@ -358,6 +363,25 @@ impl Config {
             "a whole number of MiB (at least 1)",
             |v| *v >= 1,
         );
+        let artifact_file_mb = r.parsed(
+            "ARTIFACT_MAX_FILE_MB",
+            64u64,
+            // Each file goes up in one streamed PUT, which S3 limits to 5 GiB.
+            "a whole number of MiB between 1 and 5120",
+            |v| (1..=5120).contains(v),
+        );
+        let artifact_attempt_mb = r.parsed(
+            "ARTIFACT_MAX_ATTEMPT_MB",
+            256u64,
+            "a whole number of MiB (at least 1)",
+            |v| (1..=1024 * 1024).contains(v),
+        );
+        let upload_concurrency = r.parsed(
+            "ARTIFACT_UPLOAD_CONCURRENCY",
+            4usize,
+            "a whole number between 1 and 64",
+            |v| (1..=64).contains(v),
+        );
         let work_dir = r
             .string("WORKER_WORK_DIR")
             .map(PathBuf::from)
@@ -418,6 +442,12 @@ impl Config {
             max_archive_bytes: archive_mb * 1024 * 1024,
             max_unpacked_bytes: unpacked_mb * 1024 * 1024,
             work_dir,
+            artifact_limits: crate::runtime::CopyLimits {
+                max_file_bytes: artifact_file_mb * 1024 * 1024,
+                max_total_bytes: artifact_attempt_mb * 1024 * 1024,
+                ..crate::runtime::CopyLimits::DEFAULT
+            },
+            upload_concurrency,
             otlp_endpoint,
             otel,
             log_level,

@@ -82,3 +82,19 @@ pub async fn let_go(txn: &impl ConnectionTrait, claim: &Claim) -> Result<(), DbE
     .await?;
     Ok(())
 }
+
+/// Whether `claim` still holds its job (a read, for work outside a transaction such as uploads: checked right before
+/// them, so a worker that lost the job does not overwrite the new owner's files).
+pub async fn still_held(db: &DatabaseConnection, claim: &Claim) -> Result<bool, DbErr> {
+    let held = db
+        .query_one_raw(stmt(
+            "SELECT 1 AS held FROM tbw_claims WHERE job_id = $1 AND worker_id = $2 AND epoch = $3",
+            vec![
+                claim.job_id.into(),
+                claim.worker_id.into(),
+                claim.epoch.into(),
+            ],
+        ))
+        .await?;
+    Ok(held.is_some())
+}

@@ -2,7 +2,7 @@
 //! concurrently (at most `MAX_CONCURRENT_ATTEMPTS_PER_JOB`), record each one, and finish the job — or fail it with a
 //! message its owner can act on. Cancellation by the platform is noticed within about a second.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +19,6 @@ use crate::app::App;
 use crate::attempt::choice::AgentChoiceError;
 use crate::attempt::runner::{self, AttemptRunner};
 use crate::attempt::{self, AgentChoice, AttemptContext, AttemptId, AttemptOutcome};
-use crate::config::Config;
 use crate::db::{self, Finish};
 use crate::fence::{Claim, FenceError, LeaseLost};
 use crate::fmt::humanize;
@@ -141,7 +140,7 @@ impl App {
     ) -> Result<JobSummary, DbErr> {
         let job_id = job.id;
         let started = tokio::time::Instant::now();
-        let scratch = scratch_dir(&self.config, job_id);
+        let scratch = crate::scratch::job_dir(&self.config.work_dir, job_id, fence.as_ref());
         let done = CancellationToken::new();
         let watcher = tokio::spawn(watch_job(
             self.db.clone(),
@@ -159,6 +158,10 @@ impl App {
             && e.kind() != std::io::ErrorKind::NotFound
         {
             tracing::warn!(path = %scratch.display(), error = %e, "could not remove the job's scratch folder");
+        }
+        if let Some(job_dir) = scratch.parent() {
+            // Only when no other run of the job has a folder there.
+            let _ = tokio::fs::remove_dir(job_dir).await;
         }
         let (attempts, error) = match result {
             Ok(attempts) => (attempts, None),
@@ -238,8 +241,13 @@ impl App {
             .as_deref()
             .filter(|u| !u.trim().is_empty())
             .ok_or(JobError::NoArchive)?;
-        let archive = tokio::select! {
-            archive = self.store.get(url, self.config.max_archive_bytes) => archive?,
+        // Kept on disk, not in memory: an archive may be as large as MAX_TASK_ARCHIVE_MB.
+        tokio::fs::create_dir_all(scratch)
+            .await
+            .map_err(ArchiveError::Io)?;
+        let archive = scratch.join("task.zip");
+        tokio::select! {
+            got = self.store.get_to_file(url, self.config.max_archive_bytes, &archive) => got?,
             _ = stop.stopped() => return Err(JobError::Stopped),
         };
         let task_dir = scratch.join("task");
@@ -251,7 +259,10 @@ impl App {
         let dir = task_dir.clone();
         let mut task: Task = tokio::task::spawn_blocking(move || -> Result<Task, JobError> {
             std::fs::create_dir_all(&dir).map_err(ArchiveError::Io)?;
-            task::extract_zip(&archive, &dir, &limits)?;
+            let extracted = task::extract_zip_file(&archive, &dir, &limits);
+            // The unpacked folder is what attempts use; the archive's disk space is given back at once.
+            let _ = std::fs::remove_file(&archive);
+            extracted?;
             Ok(task::load_task(&dir)?)
         })
         .await
@@ -276,11 +287,15 @@ impl App {
             store: self.store.clone(),
             image,
             task: Arc::new(task),
+            inputs: Arc::new(attempt::inputs::TaskInputs::new(scratch.join("packed"))),
+            artifact_limits: self.config.artifact_limits,
+            upload_concurrency: self.config.upload_concurrency,
             job_id: job.id,
             default_cpus: self.config.default_cpus,
             default_memory_mb: self.config.default_memory_mb,
             default_storage_mb: self.config.task_ceilings.storage_mb,
             limit_warnings: limit_warnings.into(),
+            db: self.db.clone(),
             attempt_timeout: timeout,
             scratch_root: scratch.join("attempts"),
             stop: stop.clone(),
@@ -386,11 +401,6 @@ fn sentence(message: &str) -> String {
         s.push('.');
     }
     s
-}
-
-/// Where the job's files live while it runs.
-pub fn scratch_dir(config: &Config, job_id: Uuid) -> PathBuf {
-    config.work_dir.join("jobs").join(job_id.to_string())
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@ pub mod pipeline;
 pub mod poller;
 pub mod report;
 pub mod runtime;
+pub mod scratch;
 pub mod setup;
 pub mod stop;
 pub mod store;

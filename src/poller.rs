@@ -220,6 +220,22 @@ pub async fn release_everything(app: &App, held: HashSet<Uuid>) {
 /// Run the poll loop until `shutdown` is cancelled, then drain.
 pub async fn run(app: App, shutdown: CancellationToken, grace: Duration) -> Result<(), DbErr> {
     sweep_leftovers(&app).await;
+    let me = crate::scratch::Me {
+        worker_id: app.coordination.as_ref().map(|c| c.worker_id),
+        hostname: gethostname::gethostname().to_string_lossy().into_owned(),
+        stale: app
+            .coordination
+            .as_ref()
+            .map_or(Duration::ZERO, |c| c.lease * 2),
+    };
+    let db = app.coordination.as_ref().map(|_| &app.db);
+    let swept = crate::scratch::sweep(&app.config.work_dir, db, &me).await;
+    if swept > 0 {
+        tracing::info!(
+            folders = swept,
+            "removed scratch folders of runs that are over"
+        );
+    }
     tracing::info!(
         runtime = %app.runtime.describe(),
         worker = ?app.coordination.as_ref().map(|c| c.worker_id),

@@ -9,6 +9,7 @@ use std::path::{Component, Path, PathBuf};
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
 
 use crate::config::S3Config;
 
@@ -227,6 +228,76 @@ impl ArtifactStore {
         }
     }
 
+    /// Fetch an object into the file `path` (streamed, never whole in memory), refusing objects larger than `limit`
+    /// bytes; returns its size.
+    pub async fn get_to_file(&self, url: &str, limit: u64, path: &Path) -> Result<u64, StoreError> {
+        let (bucket, key) = parse_s3_url(url)?;
+        let too_large = |size| StoreError::TooLarge {
+            url: url.to_string(),
+            size,
+            limit,
+        };
+        let mut reader: Box<dyn tokio::io::AsyncRead + Send + Unpin> = match self {
+            ArtifactStore::S3(s) => {
+                let out = s
+                    .client
+                    .get_object()
+                    .bucket(&bucket)
+                    .key(&key)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        let missing =
+                            e.as_service_error().is_some_and(
+                                aws_sdk_s3::operation::get_object::GetObjectError::is_no_such_key,
+                            ) || e.raw_response().is_some_and(|r| r.status().as_u16() == 404);
+                        if missing {
+                            StoreError::NotFound(url.to_string())
+                        } else {
+                            backend(url, sdk_message(&e))
+                        }
+                    })?;
+                if let Some(size) = out.content_length().and_then(|n| u64::try_from(n).ok())
+                    && size > limit
+                {
+                    return Err(too_large(size));
+                }
+                Box::new(out.body.into_async_read())
+            }
+            ArtifactStore::Local(l) => {
+                let source = l.path_of(&bucket, &key)?;
+                match tokio::fs::metadata(&source).await {
+                    Ok(m) if m.is_file() && m.len() > limit => return Err(too_large(m.len())),
+                    Ok(m) if m.is_file() => {}
+                    Ok(_) => return Err(StoreError::NotFound(url.to_string())),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(StoreError::NotFound(url.to_string()));
+                    }
+                    Err(e) => return Err(backend(url, e)),
+                }
+                Box::new(
+                    tokio::fs::File::open(&source)
+                        .await
+                        .map_err(|e| backend(url, e))?,
+                )
+            }
+        };
+        let mut file = tokio::fs::File::create(path)
+            .await
+            .map_err(|e| backend(url, e))?;
+        // One byte past the limit is enough to know it is exceeded, whatever the headers said.
+        let written = tokio::io::copy(
+            &mut tokio::io::AsyncReadExt::take(&mut reader, limit.saturating_add(1)),
+            &mut file,
+        )
+        .await
+        .map_err(|e| backend(url, e))?;
+        if written > limit {
+            return Err(too_large(written));
+        }
+        Ok(written)
+    }
+
     /// Write an object under `key` in this store's bucket; returns its URL.
     pub async fn put(
         &self,
@@ -262,32 +333,85 @@ impl ArtifactStore {
         Ok(url)
     }
 
-    /// Upload every regular file under `dir` to `prefix` + its relative path (symbolic links are skipped).
-    /// Returns the number of files uploaded.
-    pub async fn put_dir(&self, dir: &Path, prefix: &str) -> Result<usize, StoreError> {
+    /// Write the file at `path` as an object under `key`, streamed from disk (never the whole file in memory);
+    /// returns its URL.
+    pub async fn put_file(
+        &self,
+        key: &str,
+        path: &Path,
+        content_type: &str,
+    ) -> Result<String, StoreError> {
+        let url = self.url_for(key);
+        match self {
+            ArtifactStore::S3(s) => {
+                // Read a buffer at a time as the request goes out; the length is known, so one PUT carries it.
+                let body = ByteStream::from_path(path)
+                    .await
+                    .map_err(|e| backend(&url, e))?;
+                s.client
+                    .put_object()
+                    .bucket(&s.bucket)
+                    .key(key)
+                    .content_type(content_type)
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|e| backend(&url, sdk_message(&e)))?;
+            }
+            ArtifactStore::Local(l) => {
+                let target = l.path_of(LOCAL_BUCKET, key)?;
+                if let Some(parent) = target.parent() {
+                    tokio::fs::create_dir_all(parent)
+                        .await
+                        .map_err(|e| backend(&url, e))?;
+                }
+                let mut from = tokio::fs::File::open(path)
+                    .await
+                    .map_err(|e| backend(&url, e))?;
+                let mut to = tokio::fs::File::create(&target)
+                    .await
+                    .map_err(|e| backend(&url, e))?;
+                tokio::io::copy(&mut from, &mut to)
+                    .await
+                    .map_err(|e| backend(&url, e))?;
+            }
+        }
+        Ok(url)
+    }
+
+    /// Upload every regular file under `dir` to `prefix` + its relative path (symbolic links are skipped), at most
+    /// `concurrency` at a time, each streamed from disk. Returns the number of files uploaded.
+    pub async fn put_dir(
+        &self,
+        dir: &Path,
+        prefix: &str,
+        concurrency: usize,
+    ) -> Result<usize, StoreError> {
         let prefix = prefix.trim_end_matches('/');
-        let mut files = Vec::new();
+        let mut uploads = Vec::new();
         for entry in walkdir::WalkDir::new(dir)
             .follow_links(false)
             .sort_by_file_name()
         {
             let entry = entry.map_err(|e| backend(&self.url_for(prefix), e))?;
             if entry.file_type().is_file() {
-                files.push(entry.into_path());
+                let path = entry.into_path();
+                let relative = path
+                    .strip_prefix(dir)
+                    .map_err(|e| backend(&self.url_for(prefix), e))?;
+                let key = format!("{prefix}/{}", relative.to_string_lossy().replace('\\', "/"));
+                uploads.push((key, path));
             }
         }
-        for path in &files {
-            let relative = path
-                .strip_prefix(dir)
-                .map_err(|e| backend(&self.url_for(prefix), e))?;
-            let key = format!("{prefix}/{}", relative.to_string_lossy().replace('\\', "/"));
-            let data = tokio::fs::read(path)
-                .await
-                .map_err(|e| backend(&self.url_for(&key), e))?;
-            self.put(&key, Bytes::from(data), content_type_for(path))
-                .await?;
-        }
-        Ok(files.len())
+        let count = uploads.len();
+        futures::stream::iter(uploads)
+            .map(|(key, path)| async move {
+                self.put_file(&key, &path, content_type_for(&path)).await
+            })
+            .buffer_unordered(concurrency.max(1))
+            .try_collect::<Vec<_>>()
+            .await?;
+        Ok(count)
     }
 }
 
@@ -337,5 +461,34 @@ mod tests {
             store.get("s3://local/../../etc/passwd", 10).await,
             Err(StoreError::InvalidUrl(_))
         ));
+        let copy = dir.path().join("copy.zip");
+        assert_eq!(store.get_to_file(&url, 10, &copy).await.unwrap(), 3);
+        assert_eq!(std::fs::read(&copy).unwrap(), b"abc");
+        assert!(matches!(
+            store.get_to_file(&url, 2, &copy).await,
+            Err(StoreError::TooLarge { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn local_store_uploads_a_folder_file_by_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let trial = dir.path().join("trial");
+        std::fs::create_dir_all(trial.join("agent")).unwrap();
+        std::fs::write(trial.join("result.json"), "{}").unwrap();
+        std::fs::write(trial.join("agent/oracle.txt"), vec![b'x'; 300_000]).unwrap();
+        let store = ArtifactStore::Local(LocalStore::new(dir.path().join("store")));
+        assert_eq!(
+            store
+                .put_dir(&trial, "results/j/attempt-0", 2)
+                .await
+                .unwrap(),
+            2
+        );
+        let text = store
+            .get("s3://local/results/j/attempt-0/agent/oracle.txt", 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!(text.len(), 300_000);
     }
 }

@@ -3,6 +3,7 @@
 
 use serde_json::json;
 
+use super::inputs::TaskInputs;
 use super::{AttemptOutcome, EpisodeRecord, ErrorType, outcome::truncate_chars};
 use crate::fmt::humanize;
 use crate::runtime::Sandbox;
@@ -15,7 +16,12 @@ pub const ORACLE: &str = "oracle";
 const EPISODE_OUTPUT_CHARS: usize = 64 * 1024;
 
 /// Run the oracle agent. Problems are recorded in `out`; the verifier runs afterwards regardless.
-pub async fn run_oracle(task: &Task, sandbox: &dyn Sandbox, out: &mut AttemptOutcome) {
+pub async fn run_oracle(
+    task: &Task,
+    inputs: &TaskInputs,
+    sandbox: &dyn Sandbox,
+    out: &mut AttemptOutcome,
+) {
     let solution = task.root.join("solution");
     if !solution.join("solve.sh").is_file() {
         out.fail(
@@ -24,7 +30,11 @@ pub async fn run_oracle(task: &Task, sandbox: &dyn Sandbox, out: &mut AttemptOut
         );
         return;
     }
-    if let Err(e) = sandbox.copy_dir_in(&solution, "/solution").await {
+    let copied = match inputs.solution(task).await {
+        Ok(packed) => sandbox.copy_packed_in(packed).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = copied {
         out.fail(
             ErrorType::ExecutionError,
             format!("could not copy the solution into the environment: {e}"),

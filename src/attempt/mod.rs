@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod choice;
+pub mod inputs;
 pub mod outcome;
 pub mod runner;
 pub mod terminus;
@@ -28,7 +29,7 @@ pub use outcome::{AttemptOutcome, EpisodeRecord, ErrorType, PhaseTiming, TestCas
 use crate::config::TerminusConfig;
 use crate::fence::Claim;
 use crate::fmt::humanize;
-use crate::runtime::{PreparedImage, Runtime, Sandbox, SandboxSpec};
+use crate::runtime::{CopyBudget, CopyLimits, PreparedImage, Runtime, Sandbox, SandboxSpec};
 use crate::stop::{Stop, StopReason};
 use crate::store::ArtifactStore;
 use crate::task::Task;
@@ -49,6 +50,12 @@ pub struct AttemptContext {
     pub image: PreparedImage,
     /// The extracted task.
     pub task: Arc<Task>,
+    /// The task's folders packed once for all attempts.
+    pub inputs: Arc<inputs::TaskInputs>,
+    /// Caps on what is copied out of `/logs` and uploaded (`ARTIFACT_MAX_*`).
+    pub artifact_limits: CopyLimits,
+    /// Files of one attempt uploaded at the same time (`ARTIFACT_UPLOAD_CONCURRENCY`).
+    pub upload_concurrency: usize,
     /// The job id.
     pub job_id: Uuid,
     /// CPU limit when `task.toml` names none.
@@ -60,6 +67,8 @@ pub struct AttemptContext {
     /// What the operator's ceilings lowered in `task.toml` ([`crate::task::TaskSpec::clamp_to`]); every attempt
     /// records them in its metadata and `result.json`.
     pub limit_warnings: Arc<[String]>,
+    /// The database, to check the job's claim before uploading.
+    pub db: sea_orm::DatabaseConnection,
     /// Whole-attempt deadline (see [`attempt_timeout`]); the attempt stack's timeout layer enforces it.
     pub attempt_timeout: Duration,
     /// Host folder for this job's attempts' scratch space.
@@ -195,18 +204,31 @@ pub async fn run_attempt(
     if let Some(sb) = &sandbox
         && keep_logs
     {
-        let collect =
-            trial::collect(sb.as_ref(), &trial_dir).instrument(tracing::info_span!("artifacts"));
-        if let Err(e) = tokio::time::timeout(Duration::from_secs(120), collect)
+        // The task's disk limit also bounds what is copied out: where Docker cannot enforce `storage`, this is the
+        // cap that still holds.
+        let storage_bytes = spec.storage_mb.map(|mb| mb.saturating_mul(1024 * 1024));
+        let mut budget = CopyBudget::new(ctx.artifact_limits.within(storage_bytes));
+        let collect = trial::collect(sb.as_ref(), &trial_dir, &mut budget)
+            .instrument(tracing::info_span!("artifacts"));
+        let collected = tokio::time::timeout(Duration::from_secs(120), collect)
             .await
             .unwrap_or_else(|_| {
                 Err(crate::runtime::RuntimeError::Backend(
                     "copying logs out took longer than 120 s".into(),
                 ))
-            })
-        {
+            });
+        if let Err(e) = collected {
+            budget.left_unread();
             tracing::warn!(error = %e, "could not copy the attempt's logs out of its environment");
         }
+        if budget.was_cut() {
+            tracing::warn!(
+                kept_bytes = budget.bytes(),
+                cut_files = budget.truncated().len() as u64 + budget.not_listed(),
+                "the attempt's logs were larger than their caps; result.json lists what was cut"
+            );
+        }
+        out.artifacts = budget;
     }
     if let Some(sb) = sandbox {
         let started = Instant::now();
@@ -307,7 +329,7 @@ async fn phases(
     let span = tracing::info_span!("agent", agent = ctx.agent.name(), model = ctx.agent.model());
     match &ctx.agent {
         AgentChoice::Oracle => {
-            agent::run_oracle(&ctx.task, sandbox, out)
+            agent::run_oracle(&ctx.task, &ctx.inputs, sandbox, out)
                 .instrument(span)
                 .await;
         }
@@ -320,7 +342,7 @@ async fn phases(
     out.timing.agent_execution = Some(started.elapsed());
 
     let started = Instant::now();
-    verifier::run(&ctx.task, sandbox, out)
+    verifier::run(&ctx.task, &ctx.inputs, sandbox, out)
         .instrument(tracing::info_span!("verifier"))
         .await;
     out.timing.verifier = Some(started.elapsed());

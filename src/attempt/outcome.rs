@@ -11,6 +11,7 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use crate::db::{OutcomeRows, scrub_json, scrub_text};
+use crate::runtime::CopyBudget;
 
 /// The platform's `metadata.errorType` values; defined with the attempt entity, whose metadata holds them.
 pub use entity::attempt::ErrorType;
@@ -118,6 +119,8 @@ pub struct AttemptOutcome {
     pub trajectory: Option<Value>,
     /// What the attempt should know it did not get as asked, e.g. `"cpus 10000 clamped to 2 (MAX_TASK_CPUS)"`.
     pub warnings: Vec<String>,
+    /// What was copied out of `/logs`, and which files were cut at a cap (listed in `result.json`).
+    pub artifacts: CopyBudget,
 }
 
 /// Tokens an attempt's model calls used.
@@ -181,6 +184,7 @@ impl AttemptOutcome {
             usage: None,
             trajectory: None,
             warnings: Vec::new(),
+            artifacts: CopyBudget::default(),
         }
     }
 

@@ -6,16 +6,39 @@ use std::path::Path;
 use serde_json::json;
 
 use super::{AttemptContext, AttemptOutcome};
-use crate::runtime::{RuntimeError, Sandbox};
-use crate::store::StoreError;
+use crate::fence::{Claim, LeaseLost};
+use crate::runtime::{CopyBudget, RuntimeError, Sandbox};
+use crate::store::{ArtifactStore, StoreError};
 
-/// Copy the log folders out of the sandbox into `trial_dir`.
-pub async fn collect(sandbox: &dyn Sandbox, trial_dir: &Path) -> Result<(), RuntimeError> {
+/// Why a trial folder was not uploaded.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// This worker no longer holds the job: the attempt's prefix belongs to the new owner.
+    #[error(transparent)]
+    LeaseLost(#[from] LeaseLost),
+    /// The claim could not be checked.
+    #[error("could not check the job's claim before uploading: {0}")]
+    Db(#[from] sea_orm::DbErr),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Copy the log folders out of the sandbox into `trial_dir` under `budget` (one budget for both folders). The
+/// verifier's folder goes first: it is small and says how the attempt was graded, so an agent that fills `/logs`
+/// cannot crowd it out.
+pub async fn collect(
+    sandbox: &dyn Sandbox,
+    trial_dir: &Path,
+    budget: &mut CopyBudget,
+) -> Result<(), RuntimeError> {
+    budget.scope("verifier");
     sandbox
-        .copy_dir_out("/logs/agent", &trial_dir.join("agent"))
+        .copy_dir_out("/logs/verifier", &trial_dir.join("verifier"), budget)
         .await?;
+    budget.scope("agent");
     sandbox
-        .copy_dir_out("/logs/verifier", &trial_dir.join("verifier"))
+        .copy_dir_out("/logs/agent", &trial_dir.join("agent"), budget)
         .await
 }
 
@@ -27,6 +50,7 @@ pub fn result_json(ctx: &AttemptContext, out: &AttemptOutcome) -> serde_json::Va
         "trial_name": format!("attempt-{}", out.index),
         "task_name": ctx.task.name,
         "job_id": ctx.job_id,
+        "claim_epoch": ctx.fence.map(|c| c.epoch),
         "status": out.status.as_str(),
         "agent_info": {
             "name": ctx.agent.name(),
@@ -51,6 +75,9 @@ pub fn result_json(ctx: &AttemptContext, out: &AttemptOutcome) -> serde_json::Va
             "exception_message": message,
         })),
         "warnings": out.warnings,
+        "truncated_files": out.artifacts.truncated(),
+        "truncated_files_not_listed": out.artifacts.not_listed(),
+        "logs_cut_short": out.artifacts.stopped_early(),
         "started_at": out.started_at,
         "finished_at": out.finished_at,
         "timing_ms": {
@@ -62,13 +89,33 @@ pub fn result_json(ctx: &AttemptContext, out: &AttemptOutcome) -> serde_json::Va
     })
 }
 
-/// Write `result.json` into `trial_dir` and upload the folder; returns the `log_path` URL (ending in `/`).
+/// Upload `trial_dir` to `prefix` when `fence` (if any) still holds the job, checked right before: a worker that
+/// lost its claim never writes over the prefix of the run that replaced it. Returns the `log_path` URL (ending in
+/// `/`).
+pub async fn upload_fenced(
+    store: &ArtifactStore,
+    db: &sea_orm::DatabaseConnection,
+    fence: Option<&Claim>,
+    trial_dir: &Path,
+    prefix: &str,
+    concurrency: usize,
+) -> Result<String, UploadError> {
+    if let Some(claim) = fence
+        && !crate::fence::still_held(db, claim).await?
+    {
+        return Err(LeaseLost(claim.job_id).into());
+    }
+    store.put_dir(trial_dir, prefix, concurrency).await?;
+    Ok(format!("{}/", store.url_for(prefix)))
+}
+
+/// Write `result.json` into `trial_dir` and upload the folder ([`upload_fenced`]); returns the `log_path` URL.
 pub async fn write_and_upload(
     ctx: &AttemptContext,
     out: &AttemptOutcome,
     trial_dir: &Path,
     prefix: &str,
-) -> Result<String, StoreError> {
+) -> Result<String, UploadError> {
     let io = |e: std::io::Error| StoreError::Backend {
         url: trial_dir.display().to_string(),
         message: e.to_string(),
@@ -87,6 +134,13 @@ pub async fn write_and_upload(
     tokio::fs::write(trial_dir.join("result.json"), text)
         .await
         .map_err(io)?;
-    ctx.store.put_dir(trial_dir, prefix).await?;
-    Ok(format!("{}/", ctx.store.url_for(prefix)))
+    upload_fenced(
+        &ctx.store,
+        &ctx.db,
+        ctx.fence.as_ref(),
+        trial_dir,
+        prefix,
+        ctx.upload_concurrency,
+    )
+    .await
 }

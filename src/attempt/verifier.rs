@@ -3,6 +3,7 @@
 
 use serde_json::{Map, Value};
 
+use super::inputs::TaskInputs;
 use super::{AttemptOutcome, ErrorType, TestCase};
 use crate::fmt::humanize;
 use crate::runtime::Sandbox;
@@ -11,11 +12,17 @@ use crate::task::Task;
 const MAX_RESULT_FILE: u64 = 8 * 1024 * 1024;
 
 /// Run the tests and fill `out` with the reward and test results.
-pub async fn run(task: &Task, sandbox: &dyn Sandbox, out: &mut AttemptOutcome) {
-    if let Err(e) = sandbox
-        .copy_dir_in(&task.root.join("tests"), "/tests")
-        .await
-    {
+pub async fn run(
+    task: &Task,
+    inputs: &TaskInputs,
+    sandbox: &dyn Sandbox,
+    out: &mut AttemptOutcome,
+) {
+    let copied = match inputs.tests(task).await {
+        Ok(packed) => sandbox.copy_packed_in(packed).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = copied {
         out.fail(
             ErrorType::ExecutionError,
             format!("could not copy the tests into the environment: {e}"),

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 pub use claim::{Limits, Refused, claim};
 pub use lease::{Leases, heartbeat, release};
-pub use registry::{gone_workers, register_worker, worker_stopped};
+pub use registry::{KnownWorker, gone_workers, known_workers, register_worker, worker_stopped};
 pub use rescue::{Rescued, end_cancelled_orphans, release_orphans, rescue_expired};
 
 pub use crate::fence::{Claim, FenceError, LeaseLost, check_fence, let_go};

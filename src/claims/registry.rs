@@ -55,3 +55,42 @@ pub async fn gone_workers(
         .await?;
     rows.iter().map(|r| r.try_get("", "id")).collect()
 }
+
+/// What the registry knows of a worker process, for sweeping what it left on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownWorker {
+    /// Its identity.
+    pub id: Uuid,
+    /// The host it ran on.
+    pub hostname: String,
+    /// Its process id there.
+    pub pid: i32,
+    /// Stopped, or silent for longer than the staleness given.
+    pub gone: bool,
+}
+
+/// The registry's rows for `workers` (workers it does not know are not listed).
+pub async fn known_workers(
+    db: &DatabaseConnection,
+    workers: &[Uuid],
+    stale: Duration,
+) -> Result<Vec<KnownWorker>, DbErr> {
+    let rows = db
+        .query_all_raw(stmt(
+            "SELECT id, hostname, pid,
+                    (stopped_at IS NOT NULL OR heartbeat_at < now() - make_interval(secs => $2)) AS gone
+             FROM tbw_workers WHERE id = ANY($1)",
+            vec![workers.to_vec().into(), secs(stale).into()],
+        ))
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(KnownWorker {
+                id: r.try_get("", "id")?,
+                hostname: r.try_get("", "hostname")?,
+                pid: r.try_get("", "pid")?,
+                gone: r.try_get("", "gone")?,
+            })
+        })
+        .collect()
+}

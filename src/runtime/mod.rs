@@ -7,8 +7,10 @@
 //! what the attempt phases need: copy a folder in, run a shell script with a deadline, read a file, copy a folder out,
 //! stop every process, remove itself.
 
+pub mod budget;
 pub mod bwrap;
 pub mod docker;
+pub mod packed;
 pub mod unavailable;
 
 use std::collections::BTreeMap;
@@ -19,6 +21,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use uuid::Uuid;
 
+pub use budget::{CopyBudget, CopyLimits, TruncatedFile};
+pub use packed::PackedDir;
 pub use unavailable::NoRuntime;
 
 /// How much of a command's stdout and stderr is kept in memory (the rest goes to files inside the sandbox).
@@ -237,6 +241,12 @@ pub trait Sandbox: Send + Sync {
     /// Copy the host folder `host_dir` to the absolute path `target` inside the sandbox (created if absent).
     async fn copy_dir_in(&self, host_dir: &Path, target: &str) -> Result<(), RuntimeError>;
 
+    /// Copy a folder packed once for the job ([`packed::pack`]) to its target inside the sandbox. Runtimes that
+    /// stream tars (Docker) send the file as it is; the others copy the folder it was made from.
+    async fn copy_packed_in(&self, packed: &PackedDir) -> Result<(), RuntimeError> {
+        self.copy_dir_in(&packed.source, &packed.target).await
+    }
+
     /// Run `script` with `bash -c` (falling back to `sh -c`) in the working folder, with the task's environment.
     /// When `timeout` passes, every process the command started is stopped and `timed_out` is set.
     async fn exec(
@@ -248,9 +258,15 @@ pub trait Sandbox: Send + Sync {
     /// Read a file inside the sandbox; `Ok(None)` when it does not exist. At most `max_bytes` are returned.
     async fn read_file(&self, path: &str, max_bytes: u64) -> Result<Option<Vec<u8>>, RuntimeError>;
 
-    /// Copy the folder `path` inside the sandbox into `host_dir` (its contents, not the folder itself).
-    /// Symbolic links are not followed; a missing folder copies nothing.
-    async fn copy_dir_out(&self, path: &str, host_dir: &Path) -> Result<(), RuntimeError>;
+    /// Copy the folder `path` inside the sandbox into `host_dir` (its contents, not the folder itself), keeping
+    /// what `budget` allows and recording what it cut. Symbolic links are not followed; a missing folder copies
+    /// nothing.
+    async fn copy_dir_out(
+        &self,
+        path: &str,
+        host_dir: &Path,
+        budget: &mut CopyBudget,
+    ) -> Result<(), RuntimeError>;
 
     /// Stop every process in the sandbox except its keep-alive, so a timed-out agent leaves nothing running.
     async fn kill_processes(&self) -> Result<(), RuntimeError>;

@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::{self, File, Permissions};
-use std::io::{self, Cursor, Read};
+use std::io::{self, Cursor, Read, Seek};
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
@@ -165,16 +165,40 @@ pub fn extract_zip(
     limits: &ExtractLimits,
 ) -> Result<ExtractSummary, ArchiveError> {
     let size = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+    extract_from(Cursor::new(bytes), size, dest, limits)
+}
+
+/// [`extract_zip`] for an archive in a file, read from disk as it goes (never whole in memory).
+///
+/// # Errors
+///
+/// As [`extract_zip`], and [`ArchiveError::Io`] when the file cannot be read.
+pub fn extract_zip_file(
+    archive: &Path,
+    dest: &Path,
+    limits: &ExtractLimits,
+) -> Result<ExtractSummary, ArchiveError> {
+    let file = File::open(archive)?;
+    let size = file.metadata()?.len();
+    extract_from(io::BufReader::new(file), size, dest, limits)
+}
+
+fn extract_from<R: Read + Seek>(
+    reader: R,
+    size: u64,
+    dest: &Path,
+    limits: &ExtractLimits,
+) -> Result<ExtractSummary, ArchiveError> {
     if size > limits.max_archive_bytes {
         return Err(ArchiveError::ArchiveTooLarge {
             size,
             limit: limits.max_archive_bytes,
         });
     }
-    if bytes.is_empty() {
+    if size == 0 {
         return Err(ArchiveError::Empty);
     }
-    let mut archive = ZipArchive::new(Cursor::new(bytes)).map_err(not_zip)?;
+    let mut archive = ZipArchive::new(reader).map_err(not_zip)?;
     if archive.len() > limits.max_entries {
         return Err(ArchiveError::TooManyEntries {
             limit: limits.max_entries,
@@ -234,7 +258,7 @@ pub fn extract_zip(
 
 /// The first pass: reads and checks every entry's name (and every link's target) without
 /// writing anything.
-fn plan(archive: &mut ZipArchive<Cursor<&[u8]>>) -> Result<Vec<Planned>, ArchiveError> {
+fn plan<R: Read + Seek>(archive: &mut ZipArchive<R>) -> Result<Vec<Planned>, ArchiveError> {
     let mut planned = Vec::with_capacity(archive.len());
     for index in 0..archive.len() {
         let (name, is_dir, is_symlink, mode) = {
@@ -279,8 +303,8 @@ fn plan(archive: &mut ZipArchive<Cursor<&[u8]>>) -> Result<Vec<Planned>, Archive
     Ok(planned)
 }
 
-fn read_link_target(
-    archive: &mut ZipArchive<Cursor<&[u8]>>,
+fn read_link_target<R: Read + Seek>(
+    archive: &mut ZipArchive<R>,
     index: usize,
     name: &str,
 ) -> Result<String, ArchiveError> {
@@ -302,8 +326,8 @@ fn read_link_target(
 
 /// Refuses entries inside or on top of a link, and links that point outside the extraction
 /// folder.
-fn check_links(
-    archive: &ZipArchive<Cursor<&[u8]>>,
+fn check_links<R: Read + Seek>(
+    archive: &ZipArchive<R>,
     planned: &[Planned],
 ) -> Result<(), ArchiveError> {
     let raw_name = |index: usize| {

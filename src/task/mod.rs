@@ -16,7 +16,9 @@
 pub mod archive;
 pub mod spec;
 
-pub use archive::{ArchiveError, ExtractLimits, ExtractSummary, extract_zip, zip_dir};
+pub use archive::{
+    ArchiveError, ExtractLimits, ExtractSummary, extract_zip, extract_zip_file, zip_dir,
+};
 pub use spec::{
     AgentConfig, EnvironmentConfig, MIN_CPUS, MIN_MEMORY_MIB, Task, TaskCeilings, TaskError,
     TaskSpec, VerifierConfig, load_task,

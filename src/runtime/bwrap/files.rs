@@ -9,6 +9,7 @@ use tracing::debug;
 use walkdir::WalkDir;
 
 use crate::paths::link_stays_inside;
+use crate::runtime::CopyBudget;
 
 /// `path` with its links resolved, when it exists and stays inside `root` (`None` when it does not exist).
 pub(super) fn resolve_inside(root: &Path, path: &Path) -> io::Result<Option<PathBuf>> {
@@ -120,8 +121,13 @@ fn remove_file_or_link(path: &Path) -> io::Result<()> {
 }
 
 /// Copies the contents of `src` (inside `root`) into `dest`: folders and regular files only (links and special
-/// files are skipped). A missing `src` copies nothing.
-pub(super) fn copy_out(root: &Path, src: &Path, dest: &Path) -> io::Result<()> {
+/// files are skipped), keeping what `budget` allows. A missing `src` copies nothing.
+pub(super) fn copy_out(
+    root: &Path,
+    src: &Path,
+    dest: &Path,
+    budget: &mut CopyBudget,
+) -> io::Result<()> {
     let src = match resolve_inside(root, src)? {
         Some(src) if src.is_dir() => src,
         _ => return Ok(()),
@@ -129,11 +135,23 @@ pub(super) fn copy_out(root: &Path, src: &Path, dest: &Path) -> io::Result<()> {
     std::fs::create_dir_all(dest)?;
     for entry in WalkDir::new(&src).min_depth(1).follow_links(false) {
         let entry = entry.map_err(io::Error::other)?;
-        let to = dest.join(entry.path().strip_prefix(&src).map_err(io::Error::other)?);
+        if budget.exhausted() {
+            budget.left_unread();
+            return Ok(());
+        }
+        let relative = entry.path().strip_prefix(&src).map_err(io::Error::other)?;
+        let to = dest.join(relative);
         if entry.file_type().is_dir() {
             std::fs::create_dir_all(&to)?;
         } else if entry.file_type().is_file() {
-            std::fs::copy(entry.path(), &to)?;
+            let seen = entry.metadata().ok().map(|m| m.len());
+            let Some(keep) = budget.admit(seen) else {
+                continue;
+            };
+            let mut from = std::fs::File::open(entry.path())?.take(keep);
+            let written = io::copy(&mut from, &mut std::fs::File::create(&to)?)?;
+            let cut = seen.is_some_and(|s| written < s);
+            budget.wrote(&relative.to_string_lossy(), written, seen, cut);
         }
     }
     Ok(())

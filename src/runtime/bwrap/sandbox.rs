@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use super::command::{CommandLine, MARKER_VAR};
 use super::process::{self, Running};
 use super::{files, layout};
-use crate::runtime::{ExecOutput, RuntimeError, Sandbox, blocking};
+use crate::runtime::{CopyBudget, ExecOutput, RuntimeError, Sandbox, blocking};
 
 /// One attempt's sandbox (see the [module docs](super)).
 #[derive(Debug)]
@@ -74,14 +74,22 @@ impl Sandbox for BwrapSandbox {
         .map_err(RuntimeError::io(format!("could not read {path}")))
     }
 
-    async fn copy_dir_out(&self, path: &str, host_dir: &Path) -> Result<(), RuntimeError> {
+    async fn copy_dir_out(
+        &self,
+        path: &str,
+        host_dir: &Path,
+        budget: &mut CopyBudget,
+    ) -> Result<(), RuntimeError> {
         let src = self.host_path(path)?;
         let (root, dest) = (self.root.clone(), host_dir.to_path_buf());
-        blocking("copying out of the sandbox", move || {
-            files::copy_out(&root, &src, &dest)
+        let mut owned = std::mem::take(budget);
+        let (copied, owned) = blocking("copying out of the sandbox", move || {
+            let copied = files::copy_out(&root, &src, &dest, &mut owned);
+            (copied, owned)
         })
-        .await?
-        .map_err(RuntimeError::io(format!(
+        .await?;
+        *budget = owned;
+        copied.map_err(RuntimeError::io(format!(
             "could not copy {path} to {}",
             host_dir.display()
         )))

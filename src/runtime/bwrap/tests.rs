@@ -9,7 +9,9 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::*;
-use crate::runtime::{OUTPUT_PREVIEW_BYTES, PreparedImage, Runtime, Sandbox, SandboxSpec};
+use crate::runtime::{
+    CopyBudget, CopyLimits, OUTPUT_PREVIEW_BYTES, PreparedImage, Runtime, Sandbox, SandboxSpec,
+};
 
 /// The runtime under test, or `None` (the test is skipped) where bubblewrap cannot run here.
 fn bwrap() -> Option<BwrapRuntime> {
@@ -152,16 +154,43 @@ async fn oracle_solution_runs_in_the_working_folder_and_logs_come_back() {
         );
 
         let out_dir = scratch.path().join("collected");
-        sandbox.copy_dir_out("/logs", &out_dir).await.unwrap();
+        let mut budget = CopyBudget::default();
+        sandbox
+            .copy_dir_out("/logs", &out_dir, &mut budget)
+            .await
+            .unwrap();
         assert_eq!(
             std::fs::read_to_string(out_dir.join("agent/oracle.txt")).unwrap(),
             log
         );
         assert!(out_dir.join("verifier").is_dir());
+        assert!(!budget.was_cut());
         sandbox
-            .copy_dir_out("/logs/nothing-here", &scratch.path().join("none"))
+            .copy_dir_out(
+                "/logs/nothing-here",
+                &scratch.path().join("none"),
+                &mut budget,
+            )
             .await
             .unwrap();
+        // A cap per file cuts the log and says so.
+        let mut small = CopyBudget::new(CopyLimits {
+            max_file_bytes: 2,
+            ..CopyLimits::DEFAULT
+        });
+        small.scope("logs");
+        let cut_dir = scratch.path().join("cut");
+        sandbox
+            .copy_dir_out("/logs", &cut_dir, &mut small)
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read(cut_dir.join("agent/oracle.txt"))
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(small.truncated()[0].path, "logs/agent/oracle.txt");
         sandbox.remove().await.unwrap();
     }
 }
@@ -395,7 +424,10 @@ async fn copies_keep_links_inside_and_refuse_links_out() {
         println!("[bwrap] copying through a link: {err}");
         assert!(!Path::new("/etc/evil").exists());
         let collected = scratch.path().join("collected");
-        sandbox.copy_dir_out("/logs", &collected).await.unwrap();
+        sandbox
+            .copy_dir_out("/logs", &collected, &mut CopyBudget::default())
+            .await
+            .unwrap();
         assert!(
             std::fs::symlink_metadata(collected.join("agent/leak")).is_err(),
             "links are not copied out"

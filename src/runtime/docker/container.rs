@@ -22,7 +22,9 @@ use super::privileges;
 use super::storage::{self, StorageQuota};
 use super::{is_not_found, network, transfer};
 use crate::config::{NetworkMode, PrivilegesConfig};
-use crate::runtime::{ExecOutput, PreparedImage, RuntimeError, Sandbox, SandboxSpec};
+use crate::runtime::{
+    CopyBudget, ExecOutput, PackedDir, PreparedImage, RuntimeError, Sandbox, SandboxSpec,
+};
 
 /// Longest wait for the container's first command (making its folders) and for stopping its processes.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -209,6 +211,10 @@ impl Sandbox for DockerSandbox {
         transfer::copy_dir_in(&self.docker, &self.id, host_dir, target).await
     }
 
+    async fn copy_packed_in(&self, packed: &PackedDir) -> Result<(), RuntimeError> {
+        transfer::copy_packed_in(&self.docker, &self.id, packed).await
+    }
+
     async fn exec(
         &self,
         script: &str,
@@ -240,8 +246,13 @@ impl Sandbox for DockerSandbox {
         transfer::read_file(&self.docker, &self.id, path, max_bytes).await
     }
 
-    async fn copy_dir_out(&self, path: &str, host_dir: &Path) -> Result<(), RuntimeError> {
-        transfer::copy_dir_out(&self.docker, &self.id, path, host_dir).await
+    async fn copy_dir_out(
+        &self,
+        path: &str,
+        host_dir: &Path,
+        budget: &mut CopyBudget,
+    ) -> Result<(), RuntimeError> {
+        transfer::copy_dir_out(&self.docker, &self.id, path, host_dir, budget).await
     }
 
     async fn kill_processes(&self) -> Result<(), RuntimeError> {
