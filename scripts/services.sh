@@ -89,11 +89,31 @@ command -v ip >/dev/null 2>&1 || missing_pkgs+=(iproute2)
 # The image tests start their own registry process (own config, storage and loopback port); the package's service,
 # if the init system starts it, plays no part.
 command -v docker-registry >/dev/null 2>&1 || missing_pkgs+=(docker-registry)
+# jq edits /etc/docker/daemon.json (address pools below, the runsc runtime further down).
+command -v jq >/dev/null 2>&1 || missing_pkgs+=(jq)
 if [ "${#missing_pkgs[@]}" -gt 0 ]; then
     step "Docker: installing ${missing_pkgs[*]}"
     apt_install "${missing_pkgs[@]}"
 else
-    step "Docker: docker.io, debootstrap, bubblewrap, xfsprogs, iptables, iproute2 and docker-registry are installed"
+    step "Docker: docker.io, debootstrap, bubblewrap, xfsprogs, iptables, iproute2, docker-registry and jq are installed"
+fi
+
+# Every isolated attempt gets a bridge network of its own (ATTEMPT_NETWORK=isolated). Docker's default address pools
+# hold about 30 networks, fewer than 5 jobs x 10 attempts; /24 networks from one /16 give 256. Written only when
+# daemon.json names no pools (an operator's own choice stays); dockerd reads them at start, not on SIGHUP.
+POOLS='[{"base":"10.213.0.0/16","size":24}]'
+daemon_json=/etc/docker/daemon.json
+current='{}'
+[ -s "$daemon_json" ] && current=$(cat "$daemon_json")
+jq -e . >/dev/null 2>&1 <<<"$current" || die "$daemon_json is not valid JSON; fix it and run again"
+if ! jq -e 'has("default-address-pools")' >/dev/null <<<"$current"; then
+    step "Docker: address pools for attempt networks in $daemon_json ($POOLS)"
+    as_root mkdir -p /etc/docker
+    jq --argjson pools "$POOLS" '."default-address-pools" = $pools' <<<"$current" | as_root tee "$daemon_json.tmp" >/dev/null
+    as_root mv "$daemon_json.tmp" "$daemon_json"
+    if docker info >/dev/null 2>&1; then
+        step "Docker: NOTE the running dockerd keeps its old pools until it is restarted"
+    fi
 fi
 
 if docker info >/dev/null 2>&1; then
@@ -121,13 +141,11 @@ fi
 RUNSC_ARGS='["--network=host","--overlay2=none"]'
 missing_pkgs=()
 command -v runsc >/dev/null 2>&1 || missing_pkgs+=(runsc)
-command -v jq >/dev/null 2>&1 || missing_pkgs+=(jq)
 if [ "${#missing_pkgs[@]}" -gt 0 ]; then
     step "gVisor: installing ${missing_pkgs[*]}"
     apt_install "${missing_pkgs[@]}"
 fi
 runsc_path=$(command -v runsc)
-daemon_json=/etc/docker/daemon.json
 current='{}'
 [ -s "$daemon_json" ] && current=$(cat "$daemon_json")
 wanted=$(jq --arg path "$runsc_path" --argjson args "$RUNSC_ARGS" \
