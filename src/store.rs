@@ -156,78 +156,6 @@ impl ArtifactStore {
         format!("s3://{}/{}", self.bucket(), key)
     }
 
-    /// Fetch a whole object, refusing objects larger than `limit` bytes.
-    pub async fn get(&self, url: &str, limit: u64) -> Result<Bytes, StoreError> {
-        let (bucket, key) = parse_s3_url(url)?;
-        match self {
-            ArtifactStore::S3(s) => {
-                let out = s
-                    .client
-                    .get_object()
-                    .bucket(&bucket)
-                    .key(&key)
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        let missing =
-                            e.as_service_error().is_some_and(
-                                aws_sdk_s3::operation::get_object::GetObjectError::is_no_such_key,
-                            ) || e.raw_response().is_some_and(|r| r.status().as_u16() == 404);
-                        if missing {
-                            StoreError::NotFound(url.to_string())
-                        } else {
-                            backend(url, sdk_message(&e))
-                        }
-                    })?;
-                if let Some(size) = out.content_length().and_then(|n| u64::try_from(n).ok())
-                    && size > limit
-                {
-                    return Err(StoreError::TooLarge {
-                        url: url.to_string(),
-                        size,
-                        limit,
-                    });
-                }
-                let data = out
-                    .body
-                    .collect()
-                    .await
-                    .map_err(|e| backend(url, e))?
-                    .into_bytes();
-                if data.len() as u64 > limit {
-                    return Err(StoreError::TooLarge {
-                        url: url.to_string(),
-                        size: data.len() as u64,
-                        limit,
-                    });
-                }
-                Ok(data)
-            }
-            ArtifactStore::Local(l) => {
-                let path = l.path_of(&bucket, &key)?;
-                let meta = match tokio::fs::metadata(&path).await {
-                    Ok(m) if m.is_file() => m,
-                    Ok(_) => return Err(StoreError::NotFound(url.to_string())),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        return Err(StoreError::NotFound(url.to_string()));
-                    }
-                    Err(e) => return Err(backend(url, e)),
-                };
-                if meta.len() > limit {
-                    return Err(StoreError::TooLarge {
-                        url: url.to_string(),
-                        size: meta.len(),
-                        limit,
-                    });
-                }
-                tokio::fs::read(&path)
-                    .await
-                    .map(Bytes::from)
-                    .map_err(|e| backend(url, e))
-            }
-        }
-    }
-
     /// Fetch an object into the file `path` (streamed, never whole in memory), refusing objects larger than `limit`
     /// bytes; returns its size.
     pub async fn get_to_file(&self, url: &str, limit: u64, path: &Path) -> Result<u64, StoreError> {
@@ -448,22 +376,21 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(url, "s3://local/tasks/a.zip");
-        assert_eq!(&store.get(&url, 10).await.unwrap()[..], b"abc");
-        assert!(matches!(
-            store.get(&url, 2).await,
-            Err(StoreError::TooLarge { .. })
-        ));
-        assert!(matches!(
-            store.get("s3://local/tasks/none.zip", 10).await,
-            Err(StoreError::NotFound(_))
-        ));
-        assert!(matches!(
-            store.get("s3://local/../../etc/passwd", 10).await,
-            Err(StoreError::InvalidUrl(_))
-        ));
         let copy = dir.path().join("copy.zip");
         assert_eq!(store.get_to_file(&url, 10, &copy).await.unwrap(), 3);
         assert_eq!(std::fs::read(&copy).unwrap(), b"abc");
+        assert!(matches!(
+            store
+                .get_to_file("s3://local/tasks/none.zip", 10, &copy)
+                .await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(matches!(
+            store
+                .get_to_file("s3://local/../../etc/passwd", 10, &copy)
+                .await,
+            Err(StoreError::InvalidUrl(_))
+        ));
         assert!(matches!(
             store.get_to_file(&url, 2, &copy).await,
             Err(StoreError::TooLarge { .. })

@@ -50,17 +50,7 @@ pub(super) fn read(r: &mut Reader<'_>) -> TaskCeilings {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
-    use crate::config::{Config, ConfigError};
-
-    fn parse(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Config::from_lookup(&move |n| map.get(n).cloned())
-    }
+    use crate::config::tests::parse;
 
     #[test]
     fn ceilings_default_to_the_host_and_generous_limits() {

@@ -125,14 +125,9 @@ pub(super) fn read(r: &mut Reader<'_>) -> ImageConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
 
     fn parse(vars: &[(&str, &str)]) -> Result<ImageConfig, String> {
-        let map: std::collections::HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Config::from_lookup(&move |n| map.get(n).cloned())
+        crate::config::tests::parse(vars)
             .map(|c| c.images)
             .map_err(|e| e.to_string())
     }

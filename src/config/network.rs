@@ -125,15 +125,7 @@ mod tests {
         }
     }
 
-    fn parse(vars: &[(&str, &str)]) -> Result<crate::config::Config, crate::config::ConfigError> {
-        let vars: Vec<(String, String)> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        crate::config::Config::from_lookup(&move |name| {
-            vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
-        })
-    }
+    use crate::config::tests::parse;
 
     #[test]
     fn attempts_are_isolated_unless_the_operator_says_otherwise() {

@@ -2,7 +2,6 @@
 //! (`privileges.rs`) and labels, on the network [`network::attach`] chose, kept alive by `sleep infinity` under
 //! Docker's init, and removed (with its network) on every path. [`DockerSandbox`] is the attempt's view of it.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -15,9 +14,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::exec::{self, shell_quote};
-use super::labels::{
-    LABEL_ATTEMPT, LABEL_ATTEMPT_INDEX, LABEL_JOB, LABEL_MANAGED, LABEL_NETWORK, LABEL_WORKER,
-};
+use super::labels::{self, LABEL_NETWORK};
 use super::privileges;
 use super::storage::{self, StorageQuota};
 use super::{is_not_found, network, transfer};
@@ -91,18 +88,7 @@ async fn start_on(
         .clone()
         .or_else(|| image.workdir.clone())
         .unwrap_or_else(|| "/app".to_string());
-    let mut labels = HashMap::from([
-        (LABEL_MANAGED.to_string(), "true".to_string()),
-        (LABEL_JOB.to_string(), spec.job_id.to_string()),
-        (LABEL_ATTEMPT.to_string(), spec.attempt_id.to_string()),
-        (
-            LABEL_ATTEMPT_INDEX.to_string(),
-            spec.attempt_index.to_string(),
-        ),
-    ]);
-    if let Some(worker) = spec.worker_id {
-        labels.insert(LABEL_WORKER.to_string(), worker.to_string());
-    }
+    let mut labels = labels::of_attempt(spec);
     if let Some(name) = attachment.own() {
         labels.insert(LABEL_NETWORK.to_string(), name.to_string());
     }

@@ -8,7 +8,7 @@ use bollard::models::{ContainerSummary, Network};
 use bollard::query_parameters::{ListContainersOptionsBuilder, ListNetworksOptionsBuilder};
 use uuid::Uuid;
 
-use crate::runtime::RuntimeError;
+use crate::runtime::{RuntimeError, SandboxSpec};
 
 /// Label set on every container, network and image this worker creates.
 pub const LABEL_MANAGED: &str = "dev.terminal-bench-worker.managed";
@@ -22,6 +22,24 @@ pub const LABEL_ATTEMPT_INDEX: &str = "dev.terminal-bench-worker.attempt-index";
 pub const LABEL_WORKER: &str = "dev.terminal-bench-worker.worker-id";
 /// Label on a container naming the network of its own that is removed with it.
 pub const LABEL_NETWORK: &str = "dev.terminal-bench-worker.network";
+
+/// The labels of an attempt's container and of the network made for it: managed, job, attempt, index and, when
+/// workers share a database, the worker.
+pub(super) fn of_attempt(spec: &SandboxSpec) -> HashMap<String, String> {
+    let mut labels = HashMap::from([
+        (LABEL_MANAGED.to_string(), "true".to_string()),
+        (LABEL_JOB.to_string(), spec.job_id.to_string()),
+        (LABEL_ATTEMPT.to_string(), spec.attempt_id.to_string()),
+        (
+            LABEL_ATTEMPT_INDEX.to_string(),
+            spec.attempt_index.to_string(),
+        ),
+    ]);
+    if let Some(worker) = spec.worker_id {
+        labels.insert(LABEL_WORKER.to_string(), worker.to_string());
+    }
+    labels
+}
 
 fn filters(job_id: Option<Uuid>) -> HashMap<String, Vec<String>> {
     let mut labels = vec![format!("{LABEL_MANAGED}=true")];

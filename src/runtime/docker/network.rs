@@ -17,9 +17,7 @@ use uuid::Uuid;
 
 use super::firewall::BRIDGE_PREFIX;
 use super::is_not_found;
-use super::labels::{
-    self, LABEL_ATTEMPT, LABEL_ATTEMPT_INDEX, LABEL_JOB, LABEL_MANAGED, LABEL_WORKER,
-};
+use super::labels;
 use crate::config::NetworkMode;
 use crate::runtime::{RuntimeError, SandboxSpec};
 
@@ -71,18 +69,7 @@ pub(super) async fn attach(
         "{BRIDGE_PREFIX}{}",
         &Uuid::new_v4().simple().to_string()[..NAME_HEX]
     );
-    let mut labels = HashMap::from([
-        (LABEL_MANAGED.to_string(), "true".to_string()),
-        (LABEL_JOB.to_string(), spec.job_id.to_string()),
-        (LABEL_ATTEMPT.to_string(), spec.attempt_id.to_string()),
-        (
-            LABEL_ATTEMPT_INDEX.to_string(),
-            spec.attempt_index.to_string(),
-        ),
-    ]);
-    if let Some(worker) = spec.worker_id {
-        labels.insert(LABEL_WORKER.to_string(), worker.to_string());
-    }
+    let labels = labels::of_attempt(spec);
     let request = NetworkCreateRequest {
         name: name.clone(),
         driver: Some("bridge".into()),
