@@ -412,10 +412,16 @@ mod tests {
                 .unwrap(),
             2
         );
-        let text = store
-            .get("s3://local/results/j/attempt-0/agent/oracle.txt", 1 << 20)
+        let copy = dir.path().join("oracle.txt");
+        let size = store
+            .get_to_file(
+                "s3://local/results/j/attempt-0/agent/oracle.txt",
+                1 << 20,
+                &copy,
+            )
             .await
             .unwrap();
-        assert_eq!(text.len(), 300_000);
+        assert_eq!(size, 300_000);
+        assert_eq!(std::fs::read(&copy).unwrap(), vec![b'x'; 300_000]);
     }
 }
