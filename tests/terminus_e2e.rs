@@ -340,6 +340,9 @@ async fn ten_attempts_of_three_jobs_finish_through_a_burst_of_429s() {
         &[
             ("MODEL_CONCURRENCY_INITIAL", "8"),
             ("MAX_CONCURRENT_JOBS", "3"),
+            // Refusals are numbered across all 30 attempts, so one attempt's retries can meet refusal after refusal
+            // by chance (about 0.5 each); twelve keep that chance of a failed attempt negligible.
+            ("MODEL_MAX_RETRIES", "12"),
         ],
     )
     .await;

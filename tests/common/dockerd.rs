@@ -121,8 +121,17 @@ impl TestDockerd {
             return Ok(());
         }
         let config = self.dir.join("daemon.json");
-        // Not the machine's /etc/docker/daemon.json: its settings belong to the main daemon.
-        std::fs::write(&config, "{}").map_err(|e| e.to_string())?;
+        // Not the machine's /etc/docker/daemon.json: its settings belong to the main daemon. Only its container
+        // runtimes carry over, so the suite's gVisor pass (`DOCKER_RUNTIME=runsc`) finds runsc here too.
+        let runtimes = std::fs::read_to_string("/etc/docker/daemon.json")
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .and_then(|main| main.get("runtimes").cloned());
+        let own = match runtimes {
+            Some(runtimes) => serde_json::json!({ "runtimes": runtimes }),
+            None => serde_json::json!({}),
+        };
+        std::fs::write(&config, own.to_string()).map_err(|e| e.to_string())?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
