@@ -76,16 +76,20 @@ async fn a_task_asking_for_10000_cpus_and_a_terabyte_gets_the_ceilings_and_says_
     // The container's own cgroup limits: 1 CPU (quota = period) and 300 MiB.
     let output = oracle_output(&h, job.id).await;
     println!("limits seen inside the container: {output}");
+    // gVisor shows a container no cgroup files of its own; there the limits are checked under runc only.
+    let under_gvisor = std::env::var("DOCKER_RUNTIME").is_ok_and(|r| r == "runsc");
     let cpu = output
         .split_whitespace()
         .find_map(|w| w.strip_prefix("cpu="))
         .unwrap_or_else(|| panic!("no cpu= in {output:?}"));
     let (quota, period) = cpu.split_once('/').unwrap();
-    assert_eq!(quota, period, "1 CPU means quota = period: {output}");
-    assert!(
-        output.contains(&format!("memory={}", 300u64 * 1024 * 1024)),
-        "memory clamped to MAX_TASK_MEMORY_MB: {output}"
-    );
+    if !under_gvisor {
+        assert_eq!(quota, period, "1 CPU means quota = period: {output}");
+        assert!(
+            output.contains(&format!("memory={}", 300u64 * 1024 * 1024)),
+            "memory clamped to MAX_TASK_MEMORY_MB: {output}"
+        );
+    }
 
     let expected = serde_json::json!([
         "cpus 10000 clamped to 1 (MAX_TASK_CPUS)",
@@ -183,7 +187,7 @@ async fn a_disk_filler_in_the_solution_stops_at_the_tasks_storage_limit() {
                 "solution/solve.sh",
                 "#!/bin/bash\n\
                  msg=$(dd if=/dev/zero of=/app/fill bs=1M 2>&1 >/dev/null | grep -v records)\n\
-                 size=$(( $(stat -c %s /app/fill) / 1048576 ))\n\
+                 size=$(( $(wc -c < /app/fill) / 1048576 ))\n\
                  rm -f /app/fill\n\
                  echo \"filled=$size dd: $msg\"\n\
                  touch /app/done\n",
