@@ -21,6 +21,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261129_000001_platform_tables;
 mod m20261129_000002_worker_tables;
+mod m20261130_000003_scheduling;
 
 /// All migrations, oldest first.
 pub struct Migrator;
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261129_000001_platform_tables::Migration),
             Box::new(m20261129_000002_worker_tables::Migration),
+            Box::new(m20261130_000003_scheduling::Migration),
         ]
     }
 }
