@@ -119,6 +119,10 @@ pub struct Config {
     pub lease: Duration,
     /// `WORKER_IDLE_LOG_SECS` (60): an idle daemon logs one line this often, so silence never reads as a hang.
     pub idle_log_interval: Duration,
+    /// `DB_STATEMENT_TIMEOUT_MS`, `DB_LOCK_TIMEOUT_MS`, `DB_IDLE_IN_TRANSACTION_TIMEOUT_MS`: how long the worker's
+    /// PostgreSQL sessions wait at most, so no statement, lock or half-done transaction can hold it (or others) for
+    /// ever.
+    pub db_timeouts: crate::db::DbTimeouts,
     /// `MAX_JOB_RESCUES` (3): how often a job is taken back from a lost worker before it fails.
     pub max_rescues: i32,
     /// `DEFAULT_CPUS` (1): CPU limit when `task.toml` names none.
@@ -312,6 +316,19 @@ impl Config {
             "a whole number of seconds (at least 1)",
             |v| *v >= 1,
         );
+        let mut millis_or_off = |name: &str, default: u64| {
+            Duration::from_millis(r.parsed(
+                name,
+                default,
+                "a whole number of milliseconds (0 turns the timeout off)",
+                |_| true,
+            ))
+        };
+        let db_timeouts = crate::db::DbTimeouts {
+            statement: millis_or_off("DB_STATEMENT_TIMEOUT_MS", 30_000),
+            lock: millis_or_off("DB_LOCK_TIMEOUT_MS", 5_000),
+            idle_in_transaction: millis_or_off("DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", 60_000),
+        };
         let max_rescues: i32 = r.parsed("MAX_JOB_RESCUES", 3, "a whole number (0 or more)", |v| {
             *v >= 0
         });
@@ -434,6 +451,7 @@ impl Config {
             job_timeout: Duration::from_millis(job_ms),
             lease: Duration::from_secs(lease_secs),
             idle_log_interval: Duration::from_secs(idle_log_secs),
+            db_timeouts,
             max_rescues,
             default_cpus,
             default_memory_mb,

@@ -44,13 +44,53 @@ fn now() -> DateTime<chrono::FixedOffset> {
     Utc::now().fixed_offset()
 }
 
-/// Connect (PostgreSQL or SQLite). Errors name the database kind, never the URL (it may carry a password).
+/// How long a PostgreSQL session of the worker waits at most (zero: no limit), set on every connection when it
+/// opens: a statement (`statement_timeout`), a lock (`lock_timeout`), and an open transaction doing nothing
+/// (`idle_in_transaction_session_timeout`, so a worker cut off mid-transaction cannot hold rows others need).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DbTimeouts {
+    /// `DB_STATEMENT_TIMEOUT_MS` (30 s).
+    pub statement: std::time::Duration,
+    /// `DB_LOCK_TIMEOUT_MS` (5 s).
+    pub lock: std::time::Duration,
+    /// `DB_IDLE_IN_TRANSACTION_TIMEOUT_MS` (60 s).
+    pub idle_in_transaction: std::time::Duration,
+}
+
+impl Default for DbTimeouts {
+    fn default() -> Self {
+        DbTimeouts {
+            statement: std::time::Duration::from_secs(30),
+            lock: std::time::Duration::from_secs(5),
+            idle_in_transaction: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
+/// Connect (PostgreSQL or SQLite) with the default [`DbTimeouts`]. Errors name the database kind, never the URL (it
+/// may carry a password).
 pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
+    connect_with(url, DbTimeouts::default()).await
+}
+
+/// Connect with the given session timeouts (PostgreSQL only; SQLite has no such settings).
+pub async fn connect_with(url: &str, timeouts: DbTimeouts) -> Result<DatabaseConnection, DbErr> {
     let mut options = ConnectOptions::new(url.to_string());
     options
         .sqlx_logging(false)
         .max_connections(16)
-        .connect_timeout(std::time::Duration::from_secs(10));
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .map_sqlx_postgres_opts(move |pg| {
+            let ms = |d: std::time::Duration| d.as_millis().to_string();
+            pg.options([
+                ("statement_timeout", ms(timeouts.statement)),
+                ("lock_timeout", ms(timeouts.lock)),
+                (
+                    "idle_in_transaction_session_timeout",
+                    ms(timeouts.idle_in_transaction),
+                ),
+            ])
+        });
     Database::connect(options).await
 }
 
@@ -65,6 +105,16 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
         return Migrator::up(db, None).await;
     }
     let lock = db.begin().await?;
+    // The lock's transaction waits, idle, while the migrations run on other connections, and a worker waits here
+    // while another migrates: neither is bounded by the session's usual timeouts.
+    for setting in [
+        "idle_in_transaction_session_timeout",
+        "lock_timeout",
+        "statement_timeout",
+    ] {
+        lock.execute_unprepared(&format!("SET LOCAL {setting} = 0"))
+            .await?;
+    }
     lock.execute_raw(sea_orm::Statement::from_sql_and_values(
         DbBackend::Postgres,
         "SELECT pg_advisory_xact_lock($1)",

@@ -77,7 +77,7 @@ pub async fn app(config: &Config, mode: Mode) -> eyre::Result<App> {
         None => format!("sqlite://{}?mode=rwc", sqlite_path(config).display()),
     };
     // The URL may hold a password: errors name the kind of database only.
-    let db = crate::db::connect(&url)
+    let db = crate::db::connect_with(&url, config.db_timeouts)
         .await
         .map_err(|e| eyre!("cannot connect to the database: {}", redact_db_error(&e)))?;
     crate::db::migrate(&db)

@@ -71,6 +71,8 @@ pub async fn release(db: &DatabaseConnection, claim: &Claim) -> Result<bool, DbE
 #[derive(Clone, Default)]
 pub struct Leases {
     inner: Arc<Mutex<LeaseMap>>,
+    /// Held while a batch claim is under way and its jobs are not reserved yet (see [`Leases::claiming`]).
+    gate: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Job → its claim and stop signal once claimed (`None` while the claim is being attempted).
@@ -81,6 +83,15 @@ impl Leases {
         self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Held while claiming jobs not known in advance ([`super::claim_batch`]) until they are [`reserve`]d, and
+    /// while [`super::release_orphans`] reads the time and the jobs held: a claim is then never taken for an
+    /// orphan in the moment between its commit and its reservation.
+    ///
+    /// [`reserve`]: Leases::reserve
+    pub async fn claiming(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.gate.lock().await
     }
 
     /// About to claim `job_id`.

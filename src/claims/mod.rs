@@ -1,12 +1,13 @@
 //! Many workers, one database: claims, leases, fencing and rescue, in the worker's own tables (`tbw_claims`,
-//! `tbw_workers`, `tbw_owner_turns`). PostgreSQL only; the embedded default (SQLite, one process) claims by a
+//! `tbw_workers`, `tbw_owner_turns`, `tbw_owners`, `tbw_slots`). PostgreSQL only; the embedded default (SQLite, one process) claims by a
 //! conditional status update alone.
 //!
-//! - **Claim** ([`claim()`]): one transaction under a transaction-scoped advisory lock, so claims from every worker
-//!   process are serialized: the job must still be `queued`, the global number of `running` jobs must be under
-//!   `MAX_CONCURRENT_JOBS`, the owner's under `MAX_ACTIVE_JOBS_PER_USER`, and the owner must be the one that has
-//!   waited longest since it was last served among owners with an admissible queued job. The claim bumps the job's
-//!   **epoch** (the fencing token) and records the owner's turn.
+//! - **Claim** ([`claim_next`], in `claim.rs`): one statement picks the next job in fair order (the owner that has
+//!   waited longest since it was last served, among owners with a queued job and room under
+//!   `MAX_ACTIVE_JOBS_PER_USER`; then that owner's oldest job), takes a free global slot (`MAX_CONCURRENT_JOBS`
+//!   slot rows), and claims it. Rows other claimers hold are skipped (`FOR UPDATE SKIP LOCKED`), so workers never
+//!   wait for or refuse one another. The claim bumps the job's **epoch** (the fencing token) and records the owner's
+//!   turn. [`claim()`] claims one named job under the same rules and says why when it cannot.
 //! - **Lease**: every claim expires `WORKER_LEASE_SECS` after its last renewal; [`heartbeat`] renews all of a worker's
 //!   claims and reports those it no longer holds.
 //! - **Fencing** ([`check_fence`], in [`crate::fence`]): every later write for a job runs in a transaction that first
@@ -26,15 +27,14 @@ mod rescue;
 
 use std::time::Duration;
 
-pub use claim::{Limits, Refused, claim};
+pub use claim::{
+    Claimed, Limits, Refused, claim, claim_batch, claim_next, ensure_slots, tidy_owners,
+};
 pub use lease::{Leases, heartbeat, release};
 pub use registry::{KnownWorker, gone_workers, known_workers, register_worker, worker_stopped};
 pub use rescue::{Rescued, end_cancelled_orphans, release_orphans, rescue_expired};
 
 pub use crate::fence::{Claim, FenceError, LeaseLost, check_fence, let_go};
-
-/// Key of the advisory lock that serializes claims and rescues across worker processes.
-const CLAIM_LOCK: i64 = 0x7462_775f_636c_6169;
 
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()

@@ -5,7 +5,7 @@ use entity::attempt::ErrorType;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, TransactionTrait};
 use uuid::Uuid;
 
-use super::{CLAIM_LOCK, Leases};
+use super::Leases;
 use crate::fence::stmt;
 
 /// A job taken back from a lost worker.
@@ -27,16 +27,13 @@ pub async fn rescue_expired(
     except: Uuid,
 ) -> Result<Vec<Rescued>, DbErr> {
     let txn = db.begin().await?;
-    txn.execute_raw(stmt(
-        "SELECT pg_advisory_xact_lock($1)",
-        vec![CLAIM_LOCK.into()],
-    ))
-    .await?;
+    // Claim rows another worker is rescuing (or renewing) are skipped: the lease check is made again on the locked
+    // row, so a claim renewed or rescued meanwhile is left alone.
     let expired = txn
         .query_all_raw(stmt(
             "SELECT c.job_id FROM tbw_claims c JOIN jobs j ON j.id = c.job_id
              WHERE j.status = 'running' AND c.worker_id IS NOT NULL AND c.worker_id <> $1 AND c.lease_expires_at < now()
-             FOR UPDATE OF c",
+             FOR UPDATE OF c SKIP LOCKED",
             vec![except.into()],
         ))
         .await?;
@@ -131,12 +128,17 @@ pub async fn release_orphans(
     leases: &Leases,
     max_rescues: i32,
 ) -> Result<Vec<Rescued>, DbErr> {
-    let now = db
-        .query_one_raw(stmt("SELECT now() AS now", vec![]))
-        .await?
-        .ok_or_else(|| DbErr::Custom("SELECT now() returned nothing".into()))?;
-    let now: chrono::DateTime<chrono::FixedOffset> = now.try_get("", "now")?;
-    let keep = leases.job_ids();
+    // A batch claim learns its jobs only when it commits: claims made before the time read here are in `leases`
+    // once no batch is under way, so the time and `leases` are read while none is.
+    let (now, keep) = {
+        let _no_batch = leases.claiming().await;
+        let now = db
+            .query_one_raw(stmt("SELECT now() AS now", vec![]))
+            .await?
+            .ok_or_else(|| DbErr::Custom("SELECT now() returned nothing".into()))?;
+        let now: chrono::DateTime<chrono::FixedOffset> = now.try_get("", "now")?;
+        (now, leases.job_ids())
+    };
     let rows = db
         .query_all_raw(stmt(
             "SELECT c.job_id, c.epoch FROM tbw_claims c
