@@ -1,6 +1,9 @@
-//! Instant pickup: a trigger on `jobs` (see the worker-tables migration) sends `NOTIFY tbw_jobs '<id> <status>'` on
-//! every insert and status change. The listener wakes the poller at once for new or freed work, and stops a job
-//! this worker runs as soon as the platform cancels it. Polling stays the fallback: a dropped connection is
+//! Instant pickup: a trigger on `jobs` (see the scheduling migration) notifies `tbw_jobs` only for what a worker acts
+//! on: `queued` when a job becomes queued (inserted, released or rescued; the payload is the same for every job, so
+//! PostgreSQL folds the notifications of one transaction into one), and `<id> cancelled` when the platform cancels a
+//! running job. The listener wakes the poller for new work, once for however many notifications are waiting
+//! (a burst of inserts becomes one poll, and a worker without room does not even ask the database), and stops a
+//! job this worker runs as soon as the platform cancels it. Polling stays the fallback: a dropped connection is
 //! re-established (with a poll right after, for anything missed meanwhile).
 
 use std::sync::Arc;
@@ -45,7 +48,16 @@ pub async fn run(app: App, url: String, poke: Arc<Notify>, shutdown: Cancellatio
                 received = listener.try_recv() => received,
             };
             match received {
-                Ok(Some(n)) => on_notification(&app, n.payload(), &poke).await,
+                Ok(Some(n)) => {
+                    let mut new_work = on_notification(&app, n.payload()).await;
+                    // Everything already received is handled before the poller is woken, once.
+                    while let Some(n) = listener.next_buffered() {
+                        new_work |= on_notification(&app, n.payload()).await;
+                    }
+                    if new_work {
+                        poke.notify_one();
+                    }
+                }
                 Ok(None) => {
                     tracing::warn!("the notification connection was lost; reconnecting");
                     poke.notify_one();
@@ -65,13 +77,18 @@ async fn connect(url: &str) -> Result<PgListener, sqlx::Error> {
     Ok(listener)
 }
 
-async fn on_notification(app: &App, payload: &str, poke: &Notify) {
-    let Some((id, status)) = payload.split_once(' ') else {
-        return;
+/// Handle one notification; true when it announces new work.
+async fn on_notification(app: &App, payload: &str) -> bool {
+    let Some((id, what)) = payload.split_once(' ') else {
+        // `queued`: new work.
+        return true;
     };
-    let Ok(id) = id.parse::<Uuid>() else { return };
-    // A job held here turned `failed` while running: if the platform cancelled it, stop it now.
-    if status == "failed"
+    let Ok(id) = id.parse::<Uuid>() else {
+        return false;
+    };
+    // A job held here turned `failed` while running: if the platform cancelled it, stop it now. (`failed` is what
+    // the trigger of earlier versions sent for every status change.)
+    if matches!(what, "cancelled" | "failed")
         && let Some(co) = &app.coordination
         && let Some((_, stop)) = co.leases.held().into_iter().find(|(c, _)| c.job_id == id)
         && let Ok(Some(job)) = db::find_job(&app.db, id).await
@@ -80,6 +97,5 @@ async fn on_notification(app: &App, payload: &str, poke: &Notify) {
         tracing::info!(job = %id, "the platform cancelled the job; stopping its attempts");
         stop.stop(StopReason::Cancelled);
     }
-    // New work (`queued`) or a freed slot (any other change) may let a waiting job start.
-    poke.notify_one();
+    what == "queued"
 }

@@ -1,4 +1,5 @@
-//! The job pipeline: every queued job the poller finds becomes a [`JobRequest`] that passes through
+//! The job pipeline: every job the poller claims (or, in the embedded default, finds queued) becomes a [`JobRequest`]
+//! that passes through
 //!
 //! ```text
 //! KeyedLimit   ─► FairQueue ─► GlobalConcurrencyLimit ─► Trace ─► Timeout ─► AttemptFanout
@@ -15,8 +16,10 @@
 //!   limit. Were the buffer behind the limit, buffered jobs would each hold a slot and the limit would count them as
 //!   running.
 //! - **Trace and Timeout inside the limit**: the span and the deadline cover the job's run, not its time in line.
-//! - **AttemptFanout last**: it claims the job (`queued` → `running`) only when the job really starts, so a job stays
-//!   `queued` in the database while it waits, and a job the platform cancelled meanwhile is never started.
+//! - **AttemptFanout last**: a job not claimed yet is claimed here (`queued` → `running`) only when it really
+//!   starts, so it stays `queued` in the database while it waits, and a job the platform cancelled meanwhile is never
+//!   started. The daemon on PostgreSQL claims before it offers, and only as many jobs as it has room for, so its
+//!   jobs pass the limits here without waiting.
 //!
 //! `pipeline_order_is_pinned` in this module's tests holds this order in place.
 
@@ -44,8 +47,26 @@ pub const FAIR_QUEUE_CAPACITY: usize = 1024;
 /// One job offered to the pipeline.
 #[derive(Debug, Clone)]
 pub struct JobRequest {
-    /// The job row as the poller read it (status `queued`).
+    /// The job row as the poller read it (`queued`, or `running` when `claim` is set).
     pub job: job::Model,
+    /// The claim, when the job was claimed before it was offered (the daemon on PostgreSQL claims the next jobs in
+    /// fair order and offers only those). Without one, the innermost service claims the job itself.
+    pub claim: Option<claims::Claim>,
+}
+
+impl JobRequest {
+    /// A request for a `queued` job, claimed by the innermost service when its turn comes.
+    pub fn new(job: job::Model) -> JobRequest {
+        JobRequest { job, claim: None }
+    }
+
+    /// A request for a job already claimed under `claim`.
+    pub fn claimed(job: job::Model, claim: claims::Claim) -> JobRequest {
+        JobRequest {
+            job,
+            claim: Some(claim),
+        }
+    }
 }
 
 impl Keyed for JobRequest {
@@ -94,9 +115,6 @@ impl Service<JobRequest> for AttemptFanout {
         let (app, draining) = (self.app.clone(), self.draining.clone());
         Box::pin(async move {
             let job = request.job;
-            if draining.is_cancelled() {
-                return Err(ShuttingDown(job.id).into());
-            }
             let stop = Stop::new();
             // Entered before the claim, so the heartbeat never takes a fresh claim for an orphan; left when the
             // job's run ends, however it ends.
@@ -104,8 +122,21 @@ impl Service<JobRequest> for AttemptFanout {
                 co.leases.reserve(job.id);
                 Forget(co.leases.clone(), job.id)
             });
-            let fence = match &app.coordination {
-                Some(co) => {
+            if draining.is_cancelled() {
+                // A job claimed before it was offered goes straight back to the queue.
+                if let Some(claim) = &request.claim
+                    && let Err(e) = claims::release(&app.db, claim).await
+                {
+                    tracing::warn!(job = %job.id, error = %crate::fmt::chain(&e), "could not give back a claimed job; it is rescued when its lease runs out");
+                }
+                return Err(ShuttingDown(job.id).into());
+            }
+            let fence = match (&app.coordination, request.claim) {
+                (Some(co), Some(claim)) => {
+                    co.leases.hold(claim, stop.clone());
+                    Some(claim)
+                }
+                (Some(co), None) => {
                     let limits = claims::Limits {
                         max_jobs: app.config.max_concurrent_jobs,
                         max_active_per_owner: app.config.max_active_jobs_per_user,
@@ -115,8 +146,8 @@ impl Service<JobRequest> for AttemptFanout {
                     co.leases.hold(claim, stop.clone());
                     Some(claim)
                 }
-                None if db::claim_job(&app.db, job.id).await? => None,
-                None => return Err(NotQueued(job.id).into()),
+                (None, _) if db::claim_job(&app.db, job.id).await? => None,
+                (None, _) => return Err(NotQueued(job.id).into()),
             };
             tracing::info!(job = %job.id, task = %job.task_name, runs = job.runs_requested, epoch = fence.map(|c| c.epoch),
                 "job started");
@@ -187,21 +218,19 @@ mod tests {
 
     fn job(owner: u128, n: i32) -> JobRequest {
         let now = chrono::Utc::now().fixed_offset();
-        JobRequest {
-            job: job::Model {
-                id: Uuid::new_v4(),
-                task_name: format!("{owner}-{n}"),
-                status: job::JobStatus::Queued,
-                runs_requested: 1,
-                runs_completed: 0,
-                zip_object_url: None,
-                owner_id: Some(Uuid::from_u128(owner)),
-                error_message: None,
-                metadata: None,
-                created_at: now,
-                updated_at: now,
-            },
-        }
+        JobRequest::new(job::Model {
+            id: Uuid::new_v4(),
+            task_name: format!("{owner}-{n}"),
+            status: job::JobStatus::Queued,
+            runs_requested: 1,
+            runs_completed: 0,
+            zip_object_url: None,
+            owner_id: Some(Uuid::from_u128(owner)),
+            error_message: None,
+            metadata: None,
+            created_at: now,
+            updated_at: now,
+        })
     }
 
     fn summary(r: &JobRequest) -> JobSummary {

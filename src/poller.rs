@@ -1,7 +1,13 @@
-//! The daemon loop: every `WORKER_POLL_INTERVAL_MS`, offer each queued job (oldest first) that this worker is not
-//! already holding to the job pipeline (see [`crate::pipeline`] for the limits and their order). A job the pipeline
-//! refuses stays `queued`, untouched, and is offered again by a later poll; a job is held by the pipeline at most
-//! once at a time, and only the pipeline's innermost service claims it.
+//! The daemon loop. With several workers on PostgreSQL (the daemon), a poll asks the database for as many jobs as
+//! this worker has room for (`MAX_CONCURRENT_JOBS` minus the jobs it holds), and only when it has room: each is
+//! claimed by one short statement that picks the next job in fair order within the global and per-owner limits
+//! ([`claims::claim_next`]), and is then run through the job pipeline. A poll runs every `WORKER_POLL_INTERVAL_MS`,
+//! when a job of this worker ends, and when the database notifies that a job was queued ([`crate::listener`]).
+//!
+//! Without coordination (the embedded default), every poll offers each queued job (oldest first) that this worker
+//! is not already holding to the pipeline (see [`crate::pipeline`] for the limits and their order); a job the
+//! pipeline refuses stays `queued`, untouched, and is offered again later; only the pipeline's innermost service
+//! claims it.
 //!
 //! Shutdown: stop offering and claiming; jobs already running get the grace period to finish; then they are stopped
 //! and go back to `queued` (finished attempts are kept; the next run does only the others).
@@ -41,9 +47,14 @@ pub struct Poller {
     draining: CancellationToken,
     held: HashSet<Uuid>,
     tasks: JoinSet<Result<(), BoxError>>,
-    task_jobs: HashMap<tokio::task::Id, Uuid>,
-    /// Jobs `queued` in the database at the last poll.
+    /// Each pipeline call's job, and its claim when it was claimed before it was offered.
+    task_jobs: HashMap<tokio::task::Id, (Uuid, Option<claims::Claim>)>,
+    /// Jobs `queued` in the database at the last count.
     queued: u64,
+    /// When `queued` was last counted (a count reads the whole backlog's index, so it is not done on every poll).
+    counted_at: Option<tokio::time::Instant>,
+    /// Claims of jobs the pipeline refused before they reached its innermost service: given back at the next poll.
+    to_release: Vec<claims::Claim>,
 }
 
 impl Poller {
@@ -62,12 +73,69 @@ impl Poller {
             tasks: JoinSet::new(),
             task_jobs: HashMap::new(),
             queued: 0,
+            counted_at: None,
+            to_release: Vec::new(),
         }
     }
 
-    /// Offer every queued job not held yet to the pipeline. Returns how many were offered.
+    /// Take up new work: with coordination, claim as many jobs as there is room for and run them; without,
+    /// offer every queued job not held yet to the pipeline. Returns how many jobs were offered to the pipeline.
     pub async fn poll_once(&mut self) -> Result<usize, DbErr> {
         self.reap();
+        self.release_refused().await;
+        let offered = match self.app.coordination.clone() {
+            Some(co) => self.claim_and_offer(&co).await?,
+            None => self.offer_queued().await?,
+        };
+        let due = self
+            .counted_at
+            .is_none_or(|at| at.elapsed() >= self.app.config.poll_interval);
+        if due {
+            self.queued = db::count_queued(&self.app.db).await?;
+            self.counted_at = Some(tokio::time::Instant::now());
+            metrics().set_queued(self.queued);
+        }
+        metrics().set_in_pipeline(self.held.len());
+        Ok(offered)
+    }
+
+    /// Claim up to the room left here and offer the claimed jobs to the pipeline.
+    async fn claim_and_offer(&mut self, co: &crate::app::Coordination) -> Result<usize, DbErr> {
+        let config = &self.app.config;
+        let room = config.max_concurrent_jobs.saturating_sub(self.held.len());
+        if room == 0 || self.draining.is_cancelled() {
+            return Ok(0);
+        }
+        let limits = claims::Limits {
+            max_jobs: config.max_concurrent_jobs,
+            max_active_per_owner: config.max_active_jobs_per_user,
+        };
+        let claimed = {
+            // The claimed jobs enter the lease registry before the orphan check can look again.
+            let _gate = co.leases.claiming().await;
+            let claimed =
+                claims::claim_batch(&self.app.db, co.worker_id, limits, co.lease, room).await?;
+            for c in &claimed {
+                co.leases.reserve(c.job.id);
+            }
+            claimed
+        };
+        let offered = claimed.len();
+        for claims::Claimed { claim, job } in claimed {
+            let id = job.id;
+            self.held.insert(id);
+            let call = self
+                .pipeline
+                .clone()
+                .oneshot(JobRequest::claimed(job, claim));
+            let handle = self.tasks.spawn(async move { call.await.map(|_| ()) });
+            self.task_jobs.insert(handle.id(), (id, Some(claim)));
+        }
+        Ok(offered)
+    }
+
+    /// Offer every queued job not held yet to the pipeline (no coordination: the pipeline claims).
+    async fn offer_queued(&mut self) -> Result<usize, DbErr> {
         let config = &self.app.config;
         // As many of an owner's jobs as the pipeline can hold for one owner; more would only be refused.
         let per_owner = (config.max_active_jobs_per_user + config.max_queued_jobs_per_user) as u64;
@@ -79,14 +147,24 @@ impl Poller {
             }
             offered += 1;
             let id = job.id;
-            let call = self.pipeline.clone().oneshot(JobRequest { job });
+            let call = self.pipeline.clone().oneshot(JobRequest::new(job));
             let handle = self.tasks.spawn(async move { call.await.map(|_| ()) });
-            self.task_jobs.insert(handle.id(), id);
+            self.task_jobs.insert(handle.id(), (id, None));
         }
-        self.queued = db::count_queued(&self.app.db).await?;
-        metrics().set_queued(self.queued);
-        metrics().set_in_pipeline(self.held.len());
         Ok(offered)
+    }
+
+    /// Give back claims of jobs the pipeline refused before running them.
+    async fn release_refused(&mut self) {
+        let Some(co) = &self.app.coordination else {
+            return;
+        };
+        for claim in std::mem::take(&mut self.to_release) {
+            if let Err(e) = claims::release(&self.app.db, &claim).await {
+                tracing::warn!(job = %claim.job_id, error = %chain(&e), "could not give back a refused job; it is rescued when its lease runs out");
+            }
+            co.leases.forget(claim.job_id);
+        }
     }
 
     /// Handle jobs whose pipeline call ended.
@@ -110,12 +188,19 @@ impl Poller {
                 (e.id(), Err("crashed".into()))
             }
         };
-        let Some(id) = self.task_jobs.remove(&task) else {
+        let Some((id, claim)) = self.task_jobs.remove(&task) else {
             return false;
         };
         self.held.remove(&id);
         metrics().set_in_pipeline(self.held.len());
         let Err(e) = result else { return true };
+        if let Some(claim) = claim
+            && e.is::<KeyQueueFull>()
+        {
+            // Claimed, but refused before it could start: it goes back to the queue at the next poll.
+            self.to_release.push(claim);
+            return false;
+        }
         if e.is::<KeyQueueFull>() {
             tracing::debug!(job = %id, "the owner's waiting room is full; the job stays queued for a later poll");
             return false;
@@ -148,6 +233,7 @@ impl Poller {
     pub async fn drain(mut self, grace: Duration) {
         self.draining.cancel();
         if self.tasks.is_empty() {
+            self.release_refused().await;
             return;
         }
         tracing::info!(
@@ -165,6 +251,7 @@ impl Poller {
             }
         }
         if self.tasks.is_empty() {
+            self.release_refused().await;
             return;
         }
         tracing::info!(
@@ -182,6 +269,7 @@ impl Poller {
             }
         }
         self.tasks.abort_all();
+        self.release_refused().await;
         release_everything(&self.app, std::mem::take(&mut self.held)).await;
     }
 }
@@ -297,10 +385,15 @@ pub async fn run(app: App, shutdown: CancellationToken, grace: Duration) -> Resu
 
 /// Every third of the lease, renew this worker's claims and stop jobs whose claim is gone. Nothing else runs in
 /// this loop, so slow housekeeping can never let this worker's own leases lapse.
+///
+/// When renewals keep failing (the database is unreachable, or does not answer within its timeouts) for a whole
+/// lease, other workers may already have rescued the jobs: every job held here is stopped then (its attempts and
+/// their containers too) rather than run on beside the worker that took it over.
 async fn heartbeat(app: App, stop: CancellationToken) {
     let Some(co) = app.coordination.clone() else {
         return;
     };
+    let mut renewed_at = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -309,8 +402,17 @@ async fn heartbeat(app: App, stop: CancellationToken) {
         // The jobs to renew and the claims to check come from one look, so a claim made after it is not taken for
         // a lost one.
         let (ids, held) = co.leases.snapshot();
-        match claims::heartbeat(&app.db, co.worker_id, &ids, co.lease).await {
+        let attempt_at = tokio::time::Instant::now();
+        // A renewal that hangs counts as failed: the loop must get to see that the lease ran out.
+        let renewal = tokio::time::timeout(
+            co.lease / 3,
+            claims::heartbeat(&app.db, co.worker_id, &ids, co.lease),
+        )
+        .await
+        .unwrap_or_else(|_| Err(DbErr::Custom("the renewal timed out".into())));
+        match renewal {
             Ok(renewed) => {
+                renewed_at = attempt_at;
                 for (claim, job_stop) in held {
                     if !renewed.contains(&claim) {
                         tracing::warn!(job = %claim.job_id, epoch = claim.epoch, "the job's lease is lost; stopping it here");
@@ -320,8 +422,17 @@ async fn heartbeat(app: App, stop: CancellationToken) {
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %chain(&e), "heartbeat failed; claims expire if this lasts longer than the lease");
                 metrics().error("heartbeat");
+                if renewed_at.elapsed() >= co.lease {
+                    for (claim, job_stop) in held.into_iter().filter(|(_, s)| !s.is_stopped()) {
+                        tracing::warn!(job = %claim.job_id, epoch = claim.epoch, error = %chain(&e),
+                            "could not renew the job's lease for a whole lease; another worker may run it now: stopping it here");
+                        metrics().error("lease_lost");
+                        job_stop.stop(StopReason::LeaseLost);
+                    }
+                } else {
+                    tracing::warn!(error = %chain(&e), "heartbeat failed; claims expire if this lasts longer than the lease");
+                }
             }
         }
     }
@@ -361,6 +472,9 @@ async fn housekeeping(app: App, poke: Arc<Notify>, stop: CancellationToken) {
         match claims::rescue_expired(&app.db, co.max_rescues, co.worker_id).await {
             Ok(rescued) => taken_back.extend(rescued),
             Err(e) => tracing::warn!(error = %chain(&e), "could not rescue expired claims"),
+        }
+        if let Err(e) = claims::tidy_owners(&app.db).await {
+            tracing::warn!(error = %chain(&e), "could not prune the scheduling tables");
         }
         match claims::end_cancelled_orphans(&app.db, co.worker_id).await {
             Ok(ended) => {
