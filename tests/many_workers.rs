@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::*;
 use entity::attempt::AttemptStatus;
 use entity::job::JobStatus;
-use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
+use sea_orm::{ConnectionTrait, DatabaseConnection, Statement, TransactionTrait};
 use terminal_bench_worker::{db, submit};
 use uuid::Uuid;
 
@@ -367,6 +367,48 @@ async fn cancellation_reaches_a_worker_process_at_once() {
         Some("Job cancelled by user")
     );
     assert_eq!(after.runs_completed, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_cannot_renew_its_leases_for_a_whole_lease_stops_its_jobs() {
+    let h = harness(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let job = submit::submit(&h.app, &sleepy_task(dir.path(), 120), 1, None)
+        .await
+        .unwrap();
+    let w = spawn_worker(&h, "cutoff", &[("DB_LOCK_TIMEOUT_MS", "300")]);
+    wait_until(Duration::from_secs(120), "the container to run", || async {
+        h.containers_of(job.id).await.len() == 1 && h.running_attempts(job.id).await == 1
+    })
+    .await;
+    // The worker's renewals now wait for a lock held here and give up (its lock timeout): as far as the worker can
+    // tell, the database stopped answering it.
+    let blocker = h.db.begin().await.unwrap();
+    blocker
+        .execute_unprepared("LOCK TABLE tbw_workers IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let cut_off = tokio::time::Instant::now();
+    // Lease 3 s: the job and its container are stopped soon after, not left running beside a rescuer.
+    wait_until(Duration::from_secs(20), "the container to go", || async {
+        h.containers_of(job.id).await.is_empty()
+    })
+    .await;
+    println!(
+        "renewals failing: container gone {:?} after the cut-off",
+        cut_off.elapsed()
+    );
+    assert!(
+        cut_off.elapsed() >= Duration::from_secs(2),
+        "stopped only once renewals had failed for about a lease"
+    );
+    assert!(
+        w.log_text()
+            .contains("could not renew the job's lease for a whole lease"),
+        "{}",
+        w.log_text()
+    );
+    blocker.rollback().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -229,5 +229,7 @@ async fn workers_starting_together_migrate_one_at_a_time_and_all_start() {
         .unwrap()
         .try_get::<i64>("", "n")
         .unwrap();
-    assert_eq!(applied, 2, "each migration recorded once");
+    use migration::MigratorTrait;
+    let known = i64::try_from(migration::Migrator::migrations().len()).unwrap();
+    assert_eq!(applied, known, "each migration recorded once");
 }
