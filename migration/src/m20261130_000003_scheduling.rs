@@ -6,8 +6,12 @@
 //!   owners with queued jobs is a skip scan, never a scan of the backlog.
 //! - `tbw_owners`: one row per owner with queued or running jobs: the number of its running claims (the per-owner
 //!   limit is checked on this row, which a claim locks `FOR UPDATE SKIP LOCKED`, so two claims for one owner never
-//!   both pass it). A row is added by the trigger below when a job of the owner becomes `queued`; the worker prunes
-//!   rows of owners with nothing queued or running.
+//!   both pass it) and `turn_at`, the owner's place in the fair order (when it was last served, or when its first
+//!   job was queued if it was not served since), indexed so a claim walks owners in that order without sorting
+//!   them. A row is added by the trigger below when a job of the owner becomes `queued` (`turn_at` = that job's
+//!   creation, or the owner's last turn if later); a claim sets `turn_at` when it serves the owner, and a trigger
+//!   on `tbw_owner_turns` keeps it equal to the turn recorded there. The worker prunes rows of owners with nothing
+//!   queued or running.
 //! - `tbw_slots`: numbered rows, one per job that may run at once (`MAX_CONCURRENT_JOBS` of them are used); a claim
 //!   takes a free one `FOR UPDATE SKIP LOCKED`, so the global limit needs no global lock.
 //! - A trigger on `tbw_claims` frees the slot and the owner's running count whenever a live claim ends (finish,
@@ -29,8 +33,10 @@ const POSTGRES: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS tbw_jobs_running_idx ON jobs (owner_id) WHERE status = 'running'",
     "CREATE TABLE IF NOT EXISTS tbw_owners (
         owner_key uuid PRIMARY KEY,
-        running integer NOT NULL DEFAULT 0
+        running integer NOT NULL DEFAULT 0,
+        turn_at timestamptz NOT NULL DEFAULT '-infinity'
     )",
+    "CREATE INDEX IF NOT EXISTS tbw_owners_turn_idx ON tbw_owners (turn_at, owner_key)",
     "CREATE TABLE IF NOT EXISTS tbw_slots (
         slot integer PRIMARY KEY,
         job_id uuid,
@@ -51,6 +57,20 @@ const POSTGRES: &[&str] = &[
     "INSERT INTO tbw_owners (owner_key)
         SELECT DISTINCT COALESCE(owner_id, id) FROM jobs WHERE status = 'queued'
         ON CONFLICT (owner_key) DO NOTHING",
+    "UPDATE tbw_owners o SET turn_at = GREATEST(
+        COALESCE((SELECT t.last_served_at FROM tbw_owner_turns t WHERE t.owner_key = o.owner_key), '-infinity'),
+        COALESCE((SELECT min(j.created_at) FROM jobs j
+                  WHERE COALESCE(j.owner_id, j.id) = o.owner_key AND j.status = 'queued'), '-infinity'))",
+    "CREATE OR REPLACE FUNCTION tbw_owner_served() RETURNS trigger AS $$
+     BEGIN
+        UPDATE tbw_owners SET turn_at = NEW.last_served_at
+        WHERE owner_key = NEW.owner_key AND turn_at IS DISTINCT FROM NEW.last_served_at;
+        RETURN NULL;
+     END
+     $$ LANGUAGE plpgsql",
+    "DROP TRIGGER IF EXISTS tbw_owner_turns_served ON tbw_owner_turns",
+    "CREATE TRIGGER tbw_owner_turns_served AFTER INSERT OR UPDATE ON tbw_owner_turns
+        FOR EACH ROW EXECUTE FUNCTION tbw_owner_served()",
     "CREATE OR REPLACE FUNCTION tbw_claim_ended() RETURNS trigger AS $$
      DECLARE
         freed_owner uuid;
@@ -73,7 +93,10 @@ const POSTGRES: &[&str] = &[
     "CREATE OR REPLACE FUNCTION tbw_notify_job() RETURNS trigger AS $$
      BEGIN
         IF NEW.status = 'queued' AND (TG_OP = 'INSERT' OR OLD.status IS DISTINCT FROM 'queued') THEN
-            INSERT INTO tbw_owners (owner_key) VALUES (COALESCE(NEW.owner_id, NEW.id))
+            INSERT INTO tbw_owners (owner_key, turn_at)
+                SELECT COALESCE(NEW.owner_id, NEW.id), GREATEST(NEW.created_at, COALESCE(
+                    (SELECT last_served_at FROM tbw_owner_turns WHERE owner_key = COALESCE(NEW.owner_id, NEW.id)),
+                    '-infinity'))
                 ON CONFLICT (owner_key) DO NOTHING;
             PERFORM pg_notify('tbw_jobs', 'queued');
         ELSIF TG_OP = 'UPDATE' AND OLD.status = 'running' AND NEW.status = 'failed'

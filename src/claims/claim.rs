@@ -95,19 +95,16 @@ pub async fn ensure_slots(db: &impl ConnectionTrait, limits: Limits) -> Result<(
 }
 
 /// The fair order over owners with a queued job and room under their limit: the one that has waited longest since
-/// it was last served first (an owner's wait starts at its last turn, or at its oldest queued job if that came
-/// later), then by owner key. Each owner's oldest queued job is one probe of `tbw_jobs_queued_owner_idx`; owners are
-/// read from `tbw_owners` (owners with queued or running jobs), never from the backlog.
+/// it was last served first (`turn_at`: its last turn, or its first queued job if it was not served since), then by
+/// owner key. The walk follows `tbw_owners_turn_idx`, so it reads owners in order and stops at the first that fits,
+/// instead of reading every owner (or the backlog) and sorting; owners it passes over are those at their limit
+/// (at most `MAX_CONCURRENT_JOBS` of them) and those whose work ran out since the last pruning. `LIMIT` only
+/// tells the planner that few rows are wanted: rows are read, and locked, one at a time as the claim needs them.
 const FAIR_OWNERS: &str = "
     SELECT o.owner_key FROM tbw_owners o
-    CROSS JOIN LATERAL (
-        SELECT q.created_at FROM jobs q
-        WHERE COALESCE(q.owner_id, q.id) = o.owner_key AND q.status = 'queued'
-        ORDER BY COALESCE(q.owner_id, q.id), q.created_at, q.id LIMIT 1
-    ) first_queued
-    LEFT JOIN tbw_owner_turns t ON t.owner_key = o.owner_key
-    WHERE o.running < $1
-    ORDER BY GREATEST(COALESCE(t.last_served_at, '-infinity'), first_queued.created_at), o.owner_key";
+    WHERE o.running < $1 AND EXISTS (
+        SELECT 1 FROM jobs q WHERE COALESCE(q.owner_id, q.id) = o.owner_key AND q.status = 'queued')
+    ORDER BY o.turn_at, o.owner_key";
 
 /// Claim the next job in fair order that fits the global and per-owner limits, in one statement (one short
 /// transaction): owners whose row another claimer holds are skipped, as are jobs another transaction holds, so
@@ -122,7 +119,7 @@ pub async fn claim_next(
     let sql = format!(
         "WITH pick AS (
             SELECT o.owner_key, j.id AS job_id
-            FROM ({FAIR_OWNERS} FOR UPDATE OF o SKIP LOCKED) o
+            FROM ({FAIR_OWNERS} LIMIT 64 FOR UPDATE OF o SKIP LOCKED) o
             CROSS JOIN LATERAL (
                 SELECT q.id FROM jobs q
                 WHERE COALESCE(q.owner_id, q.id) = o.owner_key AND q.status = 'queued'
@@ -152,7 +149,7 @@ pub async fn claim_next(
             UPDATE tbw_slots SET job_id = c.job_id, epoch = c.epoch, owner_key = claimed.owner_key, worker_id = $3
             FROM c JOIN claimed ON claimed.id = c.job_id WHERE tbw_slots.slot = claimed.slot
         ), counted AS (
-            UPDATE tbw_owners SET running = tbw_owners.running + 1 FROM claimed
+            UPDATE tbw_owners SET running = tbw_owners.running + 1, turn_at = now() FROM claimed
             WHERE tbw_owners.owner_key = claimed.owner_key
         ), served AS (
             INSERT INTO tbw_owner_turns (owner_key, last_served_at) SELECT owner_key, now() FROM claimed
@@ -323,7 +320,7 @@ pub async fn claim(
     ))
     .await?;
     txn.execute_raw(stmt(
-        "UPDATE tbw_owners SET running = running + 1 WHERE owner_key = $1",
+        "UPDATE tbw_owners SET running = running + 1, turn_at = now() WHERE owner_key = $1",
         vec![owner_key.into()],
     ))
     .await?;
@@ -374,7 +371,12 @@ pub async fn tidy_owners(db: &impl ConnectionTrait) -> Result<u64, DbErr> {
                      WHERE q.status = 'queued' AND COALESCE(q.owner_id, q.id) > k.key ORDER BY 1 LIMIT 1)
              FROM k WHERE k.key IS NOT NULL
          )
-         INSERT INTO tbw_owners (owner_key) SELECT key FROM k WHERE key IS NOT NULL ON CONFLICT (owner_key) DO NOTHING",
+         INSERT INTO tbw_owners (owner_key, turn_at)
+         SELECT k.key, GREATEST(
+             COALESCE((SELECT t.last_served_at FROM tbw_owner_turns t WHERE t.owner_key = k.key), '-infinity'),
+             (SELECT q.created_at FROM jobs q WHERE COALESCE(q.owner_id, q.id) = k.key AND q.status = 'queued'
+              ORDER BY COALESCE(q.owner_id, q.id), q.created_at, q.id LIMIT 1))
+         FROM k WHERE k.key IS NOT NULL ON CONFLICT (owner_key) DO NOTHING",
         vec![],
     ))
     .await?;
