@@ -393,6 +393,11 @@ async fn sweep_gone_workers(app: &App, stale: Duration) {
     let owners = match app.runtime.sandbox_owners().await {
         Ok(owners) if !owners.is_empty() => owners,
         Ok(_) => return,
+        // The runtime watcher already said it is away, once; this runs every third of the lease.
+        Err(e) if e.is_infrastructure() => {
+            tracing::debug!(error = %e, "could not list environments to sweep");
+            return;
+        }
         Err(e) => {
             tracing::warn!(error = %e, "could not list environments to sweep");
             return;
