@@ -10,12 +10,14 @@ use std::time::Duration;
 
 mod ceilings;
 mod images;
+mod infra;
 mod network;
 mod otel;
 mod privileges;
 mod terminus;
 
 pub use images::{DEFAULT_IMAGE_REPOSITORY, ImageConfig};
+pub use infra::InfraConfig;
 pub use network::{Cidr, NetworkConfig, NetworkMode};
 pub use otel::{OtelConfig, OtlpProtocol, TraceSampler};
 pub use privileges::PrivilegesConfig;
@@ -153,6 +155,9 @@ pub struct Config {
     pub log_level: String,
     /// `LOG_FORMAT` (text).
     pub log_format: LogFormat,
+    /// `INFRA_RETRIES`, `INFRA_WAIT_SECS`, `INFRA_BACKOFF_SECS`, `SWEEP_INTERVAL_SECS`: riding out container
+    /// runtime outages, and sweeping leftovers.
+    pub infra: InfraConfig,
 }
 
 /// Every problem found in the configuration, one line each.
@@ -285,6 +290,7 @@ impl Config {
         let terminus = terminus::read(&mut r);
         let images = images::read(&mut r);
         let privileges = privileges::read(&mut r);
+        let infra = infra::read(&mut r);
 
         let poll_ms: u64 = r.parsed(
             "WORKER_POLL_INTERVAL_MS",
@@ -470,6 +476,7 @@ impl Config {
             otel,
             log_level,
             log_format,
+            infra,
         })
     }
 

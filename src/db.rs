@@ -322,6 +322,24 @@ pub async fn attempts_of(
         .await
 }
 
+/// Which of these attempts are over (`success` or `failed`).
+pub async fn finished_attempts(
+    db: &impl ConnectionTrait,
+    ids: &[Uuid],
+) -> Result<std::collections::HashSet<Uuid>, DbErr> {
+    if ids.is_empty() {
+        return Ok(Default::default());
+    }
+    Ok(attempt::Entity::find()
+        .filter(attempt::Column::Id.is_in(ids.iter().copied()))
+        .filter(attempt::Column::Status.is_in([AttemptStatus::Success, AttemptStatus::Failed]))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|a| a.id)
+        .collect())
+}
+
 /// An attempt's episodes by index.
 pub async fn episodes_of(
     db: &impl ConnectionTrait,
@@ -395,12 +413,13 @@ pub struct OutcomeRows {
     pub attempt: attempt::ActiveModel,
     /// The attempt's episodes; they replace any written before.
     pub episodes: Vec<episode::ActiveModel>,
-    /// Whether the attempt counts in the job's `runs_completed` (a cancelled one does not).
+    /// Whether the attempt counts in the job's `runs_completed`: one that ended with a result of the task and the
+    /// agent does; a cancelled one, or one that ended with an `InfrastructureError`, does not.
     pub completed_run: bool,
 }
 
-/// Write an attempt's row, its episodes, and (unless it was cancelled) count it in `runs_completed`, in one
-/// transaction.
+/// Write an attempt's row, its episodes, and (unless it was cancelled or the infrastructure's failure) count it in
+/// `runs_completed`, in one transaction.
 pub async fn record_outcome(
     db: &DatabaseConnection,
     job_id: Uuid,
@@ -448,7 +467,8 @@ pub async fn fail_unfinished_attempts(
         .col_expr(
             attempt::Column::Metadata,
             Expr::value(scrub_json(
-                serde_json::json!({ "testCases": [], "error": message, "errorType": error_type.as_str() }),
+                serde_json::json!({ "testCases": [], "error": message, "errorType": error_type.as_str(),
+                    "failureClass": error_type.failure_class(), "infrastructureRetries": 0 }),
             )),
         )
         .filter(attempt::Column::JobId.eq(job_id))

@@ -57,6 +57,11 @@ pub enum JobError {
     /// The environment could not be prepared.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    /// The worker's infrastructure failed, not the task: the environment could not be prepared because the
+    /// container runtime was unreachable (also after waiting and retrying), or every attempt of this run ended
+    /// with an `InfrastructureError`.
+    #[error("the worker's infrastructure failed, not the task: {0}")]
+    Infrastructure(String),
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[from] DbErr),
@@ -89,6 +94,7 @@ impl JobError {
             JobError::Archive(_) => "archive",
             JobError::Task(_) => "invalid_task",
             JobError::Runtime(_) => "runtime",
+            JobError::Infrastructure(_) => "infrastructure",
             JobError::Database(_) => "database",
             JobError::Internal(_) => "internal",
             JobError::Stopped => "stopped",
@@ -192,9 +198,13 @@ impl App {
                 metrics().error(e.kind());
                 let message = sentence(&e.to_string());
                 tracing::warn!(job = %job_id, error = %crate::fmt::chain(&e), "job failed");
+                let error_type = match e {
+                    JobError::Infrastructure(_) => ErrorType::InfrastructureError,
+                    _ => ErrorType::ExecutionError,
+                };
                 Finish::Failed {
                     message,
-                    error_type: ErrorType::ExecutionError,
+                    error_type,
                 }
             }
             (None, None) => Finish::Completed,
@@ -274,7 +284,7 @@ impl App {
         }
 
         let image = tokio::select! {
-            image = self.runtime.prepare(job.id, &task.root, &task.spec) => image?,
+            image = self.prepare_riding_outages(job.id, &task) => image?,
             _ = stop.stopped() => return Err(JobError::Stopped),
         };
         tracing::info!(job = %job.id, image = %image.reference, built = image.built, "environment ready");
@@ -297,6 +307,7 @@ impl App {
             limit_warnings: limit_warnings.into(),
             db: self.db.clone(),
             attempt_timeout: timeout,
+            infra: self.config.infra,
             scratch_root: scratch.join("attempts"),
             stop: stop.clone(),
             fence,
@@ -308,7 +319,7 @@ impl App {
         let stack = runner::stack(
             AttemptRunner::new(ctx, self.db.clone(), tracker.clone()),
             self.config.max_concurrent_attempts_per_job,
-            timeout,
+            self.config.infra.attempt_bound(timeout),
         );
         let pending = attempts
             .iter()
@@ -349,7 +360,61 @@ impl App {
             }
         }
         finished.sort_by_key(|o| o.index);
+        // A run in which every attempt was the infrastructure's failure says nothing about the task: the job
+        // fails as the infrastructure's (those attempts are recorded, and none counts in runs_completed).
+        if !finished.is_empty()
+            && stop.reason().is_none()
+            && finished
+                .iter()
+                .all(AttemptOutcome::is_infrastructure_failure)
+        {
+            let first = finished[0]
+                .error
+                .as_ref()
+                .map(|(_, m)| m.clone())
+                .unwrap_or_default();
+            return Err(JobError::Infrastructure(format!(
+                "every attempt of this run ended with an infrastructure error (first: {first})"
+            )));
+        }
         Ok(finished)
+    }
+
+    /// Prepare the task's environment; when that fails because of the infrastructure (the container runtime is
+    /// unreachable, its disk is full), wait for the runtime to answer and try again, as attempts do (`INFRA_*`).
+    async fn prepare_riding_outages(
+        &self,
+        job_id: Uuid,
+        task: &Task,
+    ) -> Result<crate::runtime::PreparedImage, JobError> {
+        let infra = self.config.infra;
+        let mut retry = 0;
+        loop {
+            let e = match self.runtime.prepare(job_id, &task.root, &task.spec).await {
+                Ok(image) => return Ok(image),
+                Err(e) if e.is_infrastructure() => e,
+                Err(e) => return Err(e.into()),
+            };
+            if retry >= infra.retries {
+                return Err(JobError::Infrastructure(format!(
+                    "{e} (tried {} time{})",
+                    retry + 1,
+                    if retry == 0 { "" } else { "s" }
+                )));
+            }
+            retry += 1;
+            tracing::warn!(job = %job_id, retry, error = %e,
+                "preparing the environment met an infrastructure failure; trying again once the runtime answers");
+            if let Err(down) =
+                crate::runtime::wait_reachable(self.runtime.as_ref(), infra.wait).await
+            {
+                return Err(JobError::Infrastructure(format!(
+                    "{e}; the runtime did not answer again within {} ({down})",
+                    humanize(infra.wait)
+                )));
+            }
+            tokio::time::sleep(infra.backoff_before(retry)).await;
+        }
     }
 }
 

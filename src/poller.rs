@@ -336,6 +336,7 @@ pub async fn run(app: App, shutdown: CancellationToken, grace: Duration) -> Resu
     let poke = Arc::new(Notify::new());
     let background = CancellationToken::new();
     let mut helpers = JoinSet::new();
+    helpers.spawn(watch_runtime(app.clone(), background.clone()));
     if app.coordination.is_some() {
         helpers.spawn(heartbeat(app.clone(), background.clone()));
         helpers.spawn(housekeeping(app.clone(), poke.clone(), background.clone()));
@@ -506,6 +507,11 @@ async fn sweep_gone_workers(app: &App, stale: Duration) {
     let owners = match app.runtime.sandbox_owners().await {
         Ok(owners) if !owners.is_empty() => owners,
         Ok(_) => return,
+        // The runtime watcher already said it is away, once; this runs every third of the lease.
+        Err(e) if e.is_infrastructure() => {
+            tracing::debug!(error = %e, "could not list environments to sweep");
+            return;
+        }
         Err(e) => {
             tracing::warn!(error = %e, "could not list environments to sweep");
             return;
@@ -528,6 +534,85 @@ async fn sweep_gone_workers(app: &App, stale: Duration) {
             }
             Err(e) => {
                 tracing::warn!(container = %id, error = %e, "could not remove an environment whose worker is gone");
+            }
+        }
+    }
+}
+
+/// How often the runtime is pinged to notice an outage and its end.
+const RUNTIME_PROBE_INTERVAL: Duration = Duration::from_secs(3);
+
+/// Ping the runtime every few seconds: say once when it stops answering and once when it is back, sweep leftover
+/// environments right after it is back (a restarted Docker daemon keeps the stopped containers of the attempts it
+/// killed), and sweep every `SWEEP_INTERVAL_SECS` besides.
+async fn watch_runtime(app: App, stop: CancellationToken) {
+    let mut reachable = true;
+    let mut last_sweep = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(RUNTIME_PROBE_INTERVAL) => {}
+        }
+        match app.runtime.ping().await {
+            Err(e) => {
+                if reachable {
+                    tracing::warn!(error = %e, wait_s = app.config.infra.wait.as_secs(),
+                        "the container runtime stopped answering; attempts wait for it before running again");
+                    metrics().error("runtime_unreachable");
+                    reachable = false;
+                }
+                continue;
+            }
+            Ok(()) if !reachable => {
+                tracing::info!(
+                    "the container runtime answers again; sweeping what the outage left"
+                );
+                reachable = true;
+            }
+            Ok(()) if last_sweep.elapsed() < app.config.infra.sweep_interval => continue,
+            Ok(()) => {}
+        }
+        let sweep = async {
+            sweep_leftovers(&app).await;
+            sweep_finished_attempts(&app).await;
+        };
+        if tokio::time::timeout(app.config.infra.sweep_interval, sweep)
+            .await
+            .is_err()
+        {
+            tracing::warn!("sweeping leftover environments is slow; it goes on next time");
+        }
+        last_sweep = tokio::time::Instant::now();
+    }
+}
+
+/// Remove containers of attempts that are over (`success` or `failed` in the database) while their job still runs:
+/// an attempt that gave up on an unreachable runtime could not remove its container. An attempt's row is final only
+/// after its container was removed (or could not be), so no worker still uses such a container.
+async fn sweep_finished_attempts(app: &App) {
+    let containers = match app.runtime.sandbox_attempts().await {
+        Ok(containers) if !containers.is_empty() => containers,
+        Ok(_) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not list environments to sweep");
+            return;
+        }
+    };
+    let ids: Vec<Uuid> = containers.iter().map(|(_, a)| *a).collect();
+    let finished = match db::finished_attempts(&app.db, &ids).await {
+        Ok(finished) => finished,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not check the attempts of environments");
+            return;
+        }
+    };
+    for (id, attempt) in containers.iter().filter(|(_, a)| finished.contains(a)) {
+        match app.runtime.remove_sandbox(id).await {
+            Ok(()) => {
+                tracing::info!(container = %id, attempt = %attempt, "removed the environment of an attempt that is over");
+            }
+            Err(e) => {
+                tracing::warn!(container = %id, error = %e, "could not remove the environment of an attempt that is over");
             }
         }
     }

@@ -44,6 +44,9 @@ pub enum ErrorType {
     CancellationError,
     /// Anything else that went wrong running the attempt.
     ExecutionError,
+    /// The worker's infrastructure failed under the attempt (the container runtime was unreachable or restarted,
+    /// its disk was full), not the task or the agent; retried first, and never counted in `runs_completed`.
+    InfrastructureError,
 }
 
 impl ErrorType {
@@ -54,6 +57,20 @@ impl ErrorType {
             ErrorType::TimeoutError => "TimeoutError",
             ErrorType::CancellationError => "CancellationError",
             ErrorType::ExecutionError => "ExecutionError",
+            ErrorType::InfrastructureError => "InfrastructureError",
+        }
+    }
+
+    /// Whose failure an error of this type is, as `metadata.failureClass`: `infrastructure` (the worker's, see
+    /// [`ErrorType::InfrastructureError`]), `cancelled` (the job was cancelled), or `agent` (the attempt's own doing:
+    /// the task's or the agent's commands failed, timed out, or the tests failed).
+    pub fn failure_class(self) -> &'static str {
+        match self {
+            ErrorType::InfrastructureError => "infrastructure",
+            ErrorType::CancellationError => "cancelled",
+            ErrorType::RateLimitError | ErrorType::TimeoutError | ErrorType::ExecutionError => {
+                "agent"
+            }
         }
     }
 }

@@ -35,9 +35,10 @@ pub async fn run_oracle(
         Err(e) => Err(e),
     };
     if let Err(e) = copied {
-        out.fail(
+        out.fail_runtime(
             ErrorType::ExecutionError,
             format!("could not copy the solution into the environment: {e}"),
+            &e,
         );
         return;
     }
@@ -49,9 +50,10 @@ pub async fn run_oracle(
     let exec = match result {
         Ok(exec) => exec,
         Err(e) => {
-            out.fail(
+            out.fail_runtime(
                 ErrorType::ExecutionError,
                 format!("running the solution failed: {e}"),
+                &e,
             );
             return;
         }

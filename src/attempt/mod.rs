@@ -8,6 +8,7 @@ pub mod agent;
 pub mod choice;
 pub mod inputs;
 pub mod outcome;
+mod retry;
 pub mod runner;
 pub mod terminus;
 pub mod trial;
@@ -69,8 +70,12 @@ pub struct AttemptContext {
     pub limit_warnings: Arc<[String]>,
     /// The database, to check the job's claim before uploading.
     pub db: sea_orm::DatabaseConnection,
-    /// Whole-attempt deadline (see [`attempt_timeout`]); the attempt stack's timeout layer enforces it.
+    /// The deadline of each run of the attempt (see [`attempt_timeout`]); a run that meets an infrastructure failure
+    /// runs again with a deadline of its own. The attempt stack's timeout layer bounds all runs together
+    /// ([`crate::config::InfraConfig::attempt_bound`]).
     pub attempt_timeout: Duration,
+    /// How the attempt rides out infrastructure failures (`INFRA_*`).
+    pub infra: crate::config::InfraConfig,
     /// Host folder for this job's attempts' scratch space.
     pub scratch_root: PathBuf,
     /// The job's stop signal (cancelled by the platform, job deadline, worker shutdown, lease lost).
@@ -118,13 +123,16 @@ pub enum Interrupted {
 /// Run one attempt to its end. `deadline` is cancelled when the attempt's caller gives up on it (the attempt
 /// stack's timeout dropped the response future); the attempt then stops, cleans up and records a timeout.
 /// Returns the outcome and, when it was cut short, why.
+///
+/// A run that meets an infrastructure failure (see [`crate::runtime::RuntimeError::is_infrastructure`], or a
+/// container that stopped under it) runs again in a fresh container, at most `INFRA_RETRIES` times, once the
+/// runtime answers again (waiting at most `INFRA_WAIT_SECS`) and after a back-off; only the last run's episodes and
+/// logs are kept. Each run has the whole attempt timeout of its own.
 pub async fn run_attempt(
     ctx: &AttemptContext,
     attempt: AttemptId,
     deadline: CancellationToken,
 ) -> (AttemptOutcome, Option<Interrupted>) {
-    let mut out = AttemptOutcome::new(attempt.id, attempt.index);
-    out.warnings = ctx.limit_warnings.to_vec();
     let scratch = ctx.scratch_root.join(format!("attempt-{}", attempt.index));
     let trial_dir = scratch.join("trial");
     let env = &ctx.task.spec.environment;
@@ -141,58 +149,11 @@ pub async fn run_attempt(
         worker_id: ctx.fence.map(|c| c.worker_id),
         allow_internet: env.allow_internet,
     };
-    let mut slot = Slot::Empty;
-
-    let interrupted = tokio::select! {
-        biased;
-        reason = ctx.stop.stopped() => Some(Interrupted::Job(reason)),
-        _ = deadline.cancelled() => Some(Interrupted::Timeout),
-        _ = phases(ctx, &spec, &mut out, &mut slot) => None,
-    };
-    // A start that was interrupted still finishes creating its container; wait for it so it can be removed.
-    let sandbox: Option<Box<dyn Sandbox>> = match slot {
-        Slot::Empty => None,
-        Slot::Ready(sb) => Some(sb),
-        // Bounded: the start's own steps are, but a wait here must never hold the job.
-        Slot::Starting(mut handle) => {
-            match tokio::time::timeout(TEARDOWN_TIMEOUT, &mut handle).await {
-                Ok(started) => started.ok().and_then(Result::ok),
-                Err(_) => {
-                    handle.abort();
-                    tracing::warn!(
-                        "the attempt's container did not finish starting; the sweep of finished jobs removes it"
-                    );
-                    None
-                }
-            }
-        }
-    };
-    match interrupted {
-        Some(Interrupted::Job(StopReason::Cancelled)) => out.fail(
-            ErrorType::CancellationError,
-            "the job was cancelled while this attempt ran",
-        ),
-        Some(Interrupted::Job(StopReason::JobTimeout)) => out.fail(
-            ErrorType::TimeoutError,
-            "the job ran past its time limit while this attempt ran",
-        ),
-        Some(Interrupted::Job(StopReason::LeaseLost)) => out.fail(
-            ErrorType::ExecutionError,
-            "this worker lost the job's lease; another worker runs it",
-        ),
-        Some(Interrupted::Job(StopReason::Shutdown)) => out.fail(
-            ErrorType::ExecutionError,
-            "the worker shut down while this attempt ran; it will run again",
-        ),
-        Some(Interrupted::Timeout) => out.fail(
-            ErrorType::TimeoutError,
-            format!(
-                "the attempt took longer than its limit of {}",
-                humanize(ctx.attempt_timeout)
-            ),
-        ),
-        None => {}
-    }
+    let Run {
+        mut out,
+        sandbox,
+        interrupted,
+    } = retry::run_with_retries(ctx, attempt, &spec, &deadline).await;
     // After a cancellation or a shutdown only speed matters: no logs are collected or uploaded.
     let keep_logs = !matches!(
         interrupted,
@@ -277,6 +238,88 @@ pub async fn run_attempt(
     (out, interrupted)
 }
 
+/// One run of the attempt's phases: what it produced, its sandbox (when one started), and why it was cut short.
+struct Run {
+    out: AttemptOutcome,
+    sandbox: Option<Box<dyn Sandbox>>,
+    interrupted: Option<Interrupted>,
+}
+
+/// Run the phases once, in a fresh sandbox, until they end, the job stops, or the run's deadline passes.
+async fn run_once(
+    ctx: &AttemptContext,
+    attempt: AttemptId,
+    spec: &SandboxSpec,
+    deadline: &CancellationToken,
+) -> Run {
+    let mut out = AttemptOutcome::new(attempt.id, attempt.index);
+    out.warnings = ctx.limit_warnings.to_vec();
+    let mut slot = Slot::Empty;
+
+    let interrupted = tokio::select! {
+        biased;
+        reason = ctx.stop.stopped() => Some(Interrupted::Job(reason)),
+        _ = deadline.cancelled() => Some(Interrupted::Timeout),
+        _ = tokio::time::sleep(ctx.attempt_timeout) => Some(Interrupted::Timeout),
+        _ = phases(ctx, spec, &mut out, &mut slot) => None,
+    };
+    // A start that was interrupted still finishes creating its container; wait for it so it can be removed.
+    let sandbox: Option<Box<dyn Sandbox>> = match slot {
+        Slot::Empty => None,
+        Slot::Ready(sb) => Some(sb),
+        // Bounded: the start's own steps are, but a wait here must never hold the job.
+        Slot::Starting(mut handle) => {
+            match tokio::time::timeout(TEARDOWN_TIMEOUT, &mut handle).await {
+                Ok(started) => started.ok().and_then(Result::ok),
+                Err(_) => {
+                    handle.abort();
+                    tracing::warn!(
+                        "the attempt's container did not finish starting; the sweep of finished jobs removes it"
+                    );
+                    None
+                }
+            }
+        }
+    };
+    if let Some(interrupted) = interrupted {
+        note_interruption(ctx, &mut out, interrupted);
+    }
+    Run {
+        out,
+        sandbox,
+        interrupted,
+    }
+}
+
+/// Record why the attempt was cut short.
+fn note_interruption(ctx: &AttemptContext, out: &mut AttemptOutcome, interrupted: Interrupted) {
+    match interrupted {
+        Interrupted::Job(StopReason::Cancelled) => out.fail(
+            ErrorType::CancellationError,
+            "the job was cancelled while this attempt ran",
+        ),
+        Interrupted::Job(StopReason::JobTimeout) => out.fail(
+            ErrorType::TimeoutError,
+            "the job ran past its time limit while this attempt ran",
+        ),
+        Interrupted::Job(StopReason::LeaseLost) => out.fail(
+            ErrorType::ExecutionError,
+            "this worker lost the job's lease; another worker runs it",
+        ),
+        Interrupted::Job(StopReason::Shutdown) => out.fail(
+            ErrorType::ExecutionError,
+            "the worker shut down while this attempt ran; it will run again",
+        ),
+        Interrupted::Timeout => out.fail(
+            ErrorType::TimeoutError,
+            format!(
+                "the attempt took longer than its limit of {}",
+                humanize(ctx.attempt_timeout)
+            ),
+        ),
+    }
+}
+
 /// The attempt's sandbox as the phases see it. Starting runs in a task of its own so that an interruption cannot
 /// drop it halfway, between creating a container and handing it over.
 enum Slot {
@@ -316,7 +359,7 @@ async fn phases(
                 crate::runtime::RuntimeError::StartTimeout(_) => ErrorType::TimeoutError,
                 _ => ErrorType::ExecutionError,
             };
-            out.fail(kind, e.to_string());
+            out.fail_runtime(kind, e.to_string(), &e);
             return;
         }
     };

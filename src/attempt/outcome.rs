@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use crate::db::{OutcomeRows, scrub_json, scrub_text};
-use crate::runtime::CopyBudget;
+use crate::runtime::{CopyBudget, RuntimeError};
 
 /// The platform's `metadata.errorType` values; defined with the attempt entity, whose metadata holds them.
 pub use entity::attempt::ErrorType;
@@ -121,6 +121,13 @@ pub struct AttemptOutcome {
     pub warnings: Vec<String>,
     /// What was copied out of `/logs`, and which files were cut at a cap (listed in `result.json`).
     pub artifacts: CopyBudget,
+    /// The infrastructure failure this run of the attempt met, if any (see
+    /// [`RuntimeError::is_infrastructure`]); the attempt runs again, or ends with an `InfrastructureError`.
+    pub infrastructure: Option<String>,
+    /// How many times the attempt ran again after an infrastructure failure.
+    pub infrastructure_retries: u32,
+    /// What went wrong in the runs that were abandoned, oldest first.
+    pub infrastructure_errors: Vec<String>,
 }
 
 /// Tokens an attempt's model calls used.
@@ -185,7 +192,33 @@ impl AttemptOutcome {
             trajectory: None,
             warnings: Vec::new(),
             artifacts: CopyBudget::default(),
+            infrastructure: None,
+            infrastructure_retries: 0,
+            infrastructure_errors: Vec::new(),
         }
+    }
+
+    /// Record a failure caused by a runtime error: like [`AttemptOutcome::fail`], and when the error is the
+    /// infrastructure's, also remember that this run met an infrastructure failure.
+    pub fn fail_runtime(&mut self, kind: ErrorType, message: impl Into<String>, e: &RuntimeError) {
+        let message = message.into();
+        if e.is_infrastructure() && self.infrastructure.is_none() {
+            self.infrastructure = Some(message.clone());
+        }
+        self.fail(kind, message);
+    }
+
+    /// Whose failure this is (`metadata.failureClass`), once the attempt failed: see [`ErrorType::failure_class`].
+    pub fn failure_class(&self) -> Option<&'static str> {
+        match (&self.status, &self.error) {
+            (AttemptStatus::Failed, Some((kind, _))) => Some(kind.failure_class()),
+            _ => None,
+        }
+    }
+
+    /// True when the attempt ended with an `InfrastructureError`.
+    pub fn is_infrastructure_failure(&self) -> bool {
+        matches!(self.error, Some((ErrorType::InfrastructureError, _)))
     }
 
     /// Record an error; the first one wins, except that cancellation always wins (it explains everything after).
@@ -215,7 +248,12 @@ impl AttemptOutcome {
     pub fn finalize_status(&mut self) {
         let cut_short = matches!(
             self.error,
-            Some((ErrorType::CancellationError | ErrorType::TimeoutError, _))
+            Some((
+                ErrorType::CancellationError
+                    | ErrorType::TimeoutError
+                    | ErrorType::InfrastructureError,
+                _
+            ))
         ) && !self.agent_timed_out_only();
         self.status = if self.verifier_ran
             && self.tests_total > 0
@@ -283,6 +321,19 @@ impl AttemptOutcome {
         if let Some(id) = &self.container_id {
             m.insert("containerId".into(), json!(id));
         }
+        m.insert(
+            "infrastructureRetries".into(),
+            json!(self.infrastructure_retries),
+        );
+        if !self.infrastructure_errors.is_empty() {
+            m.insert(
+                "infrastructureErrors".into(),
+                json!(self.infrastructure_errors),
+            );
+        }
+        if let Some(class) = self.failure_class() {
+            m.insert("failureClass".into(), json!(class));
+        }
         if self.status == AttemptStatus::Failed
             && let Some((kind, message)) = &self.error
         {
@@ -301,7 +352,7 @@ impl AttemptOutcome {
 
 impl AttemptOutcome {
     /// The attempt row and its episodes as the platform reads them, scrubbed of what PostgreSQL refuses; a
-    /// cancelled attempt does not count as a completed run.
+    /// cancelled attempt, and one that ended with an `InfrastructureError`, does not count as a completed run.
     pub fn rows(&self, agent_name: &str) -> OutcomeRows {
         let attempt = attempt::ActiveModel {
             id: Set(self.attempt_id),
@@ -335,7 +386,7 @@ impl AttemptOutcome {
         OutcomeRows {
             attempt,
             episodes,
-            completed_run: !self.is_cancelled(),
+            completed_run: !self.is_cancelled() && !self.is_infrastructure_failure(),
         }
     }
 }
@@ -403,6 +454,7 @@ mod tests {
             (ErrorType::TimeoutError, "TimeoutError"),
             (ErrorType::CancellationError, "CancellationError"),
             (ErrorType::ExecutionError, "ExecutionError"),
+            (ErrorType::InfrastructureError, "InfrastructureError"),
         ] {
             assert_eq!(kind.as_str(), name);
             assert_eq!(serde_json::to_value(kind).unwrap(), json!(name));
@@ -468,5 +520,66 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert_eq!(metadata["errorType"], "CancellationError");
+    }
+
+    #[test]
+    fn infrastructure_failures_are_classed_and_not_counted() {
+        let mut o = outcome(1, 1, true);
+        o.finalize_status();
+        let meta = o.metadata_json("oracle");
+        assert!(meta.get("failureClass").is_none(), "{meta}");
+        assert_eq!(meta["infrastructureRetries"], 0);
+
+        let mut o = outcome(0, 1, true);
+        o.finalize_status();
+        assert_eq!(o.metadata_json("oracle")["failureClass"], "agent");
+        assert!(o.rows("oracle").completed_run);
+
+        // Even tests that passed do not make a run the infrastructure broke a success.
+        let mut o = outcome(1, 1, true);
+        o.infrastructure_retries = 2;
+        o.infrastructure_errors = vec!["the Docker daemon stopped answering".into()];
+        o.fail(
+            ErrorType::InfrastructureError,
+            "the Docker daemon stopped answering",
+        );
+        o.finalize_status();
+        assert_eq!(o.status, AttemptStatus::Failed);
+        let meta = o.metadata_json("oracle");
+        assert_eq!(meta["errorType"], "InfrastructureError");
+        assert_eq!(meta["failureClass"], "infrastructure");
+        assert_eq!(meta["infrastructureRetries"], 2);
+        assert_eq!(
+            meta["infrastructureErrors"][0],
+            "the Docker daemon stopped answering"
+        );
+        assert!(!o.rows("oracle").completed_run);
+
+        let mut o = outcome(0, 0, false);
+        o.fail(ErrorType::CancellationError, "cancelled");
+        o.finalize_status();
+        assert_eq!(o.metadata_json("oracle")["failureClass"], "cancelled");
+    }
+
+    #[test]
+    fn only_runtime_errors_of_the_infrastructure_mark_the_run() {
+        let mut o = outcome(0, 0, false);
+        o.fail_runtime(
+            ErrorType::ExecutionError,
+            "running the solution failed",
+            &RuntimeError::Start("refused".into()),
+        );
+        assert!(o.infrastructure.is_none());
+        o.fail_runtime(
+            ErrorType::ExecutionError,
+            "running the tests failed",
+            &RuntimeError::Gone("the container vanished".into()),
+        );
+        assert_eq!(
+            o.infrastructure.as_deref(),
+            Some("running the tests failed")
+        );
+        // The first error still explains the attempt.
+        assert_eq!(o.error.as_ref().unwrap().1, "running the solution failed");
     }
 }

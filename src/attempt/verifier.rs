@@ -23,9 +23,10 @@ pub async fn run(
         Err(e) => Err(e),
     };
     if let Err(e) = copied {
-        out.fail(
+        out.fail_runtime(
             ErrorType::ExecutionError,
             format!("could not copy the tests into the environment: {e}"),
+            &e,
         );
         return;
     }
@@ -42,9 +43,10 @@ pub async fn run(
     let exec = match sandbox.exec(&script, Some(timeout)).await {
         Ok(exec) => exec,
         Err(e) => {
-            out.fail(
+            out.fail_runtime(
                 ErrorType::ExecutionError,
                 format!("running the tests failed: {e}"),
+                &e,
             );
             return;
         }

@@ -35,6 +35,14 @@ pub enum RuntimeError {
     /// The task's environment image could not be built; the last lines of the build's output.
     #[error("the task's environment failed to build: {0}")]
     Build(String),
+    /// The build failed for a reason outside the task's Dockerfile: the daemon's disk is full, or the daemon went
+    /// away during the build. The last lines of the build's output.
+    #[error("the task's environment could not be built because of the worker's Docker daemon: {0}")]
+    BuildInfrastructure(String),
+    /// The attempt's container stopped or vanished under it (the daemon was restarted), or the daemon stopped
+    /// answering; said in words.
+    #[error("{0}")]
+    Gone(String),
     /// Building the environment took longer than `[environment] build_timeout_sec` (or the operator's ceiling);
     /// the build was stopped and its container removed.
     #[error(
@@ -88,10 +96,68 @@ pub enum RuntimeError {
 }
 
 impl RuntimeError {
+    /// Whether this error is the infrastructure's fault rather than the task's or the agent's: the runtime could
+    /// not be reached or answered with a server error, the attempt's container vanished or stopped under it, or a
+    /// disk was full. Such failures are retried (see [`crate::config::InfraConfig`]); everything else (a build
+    /// that fails on the Dockerfile, a container that does not answer, a refused request) is the task's.
+    pub fn is_infrastructure(&self) -> bool {
+        match self {
+            RuntimeError::BuildInfrastructure(_) | RuntimeError::Gone(_) => true,
+            RuntimeError::Docker(e) | RuntimeError::Container(e) => docker_unreachable(e),
+            RuntimeError::Io { source, .. } => is_disk_full(source),
+            RuntimeError::Build(_)
+            | RuntimeError::BuildTimeout { .. }
+            | RuntimeError::StartTimeout(_)
+            | RuntimeError::Start(_)
+            | RuntimeError::Crashed { .. }
+            | RuntimeError::Unavailable(_)
+            | RuntimeError::Backend(_) => false,
+        }
+    }
+
     /// Wraps an I/O error with what the runtime was doing, for `map_err`.
     pub fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> RuntimeError {
         let context = context.into();
         move |source| RuntimeError::Io { context, source }
+    }
+}
+
+/// Whether a Docker API error means the daemon could not be reached or failed itself (rather than refusing the
+/// request): the connection failed or broke, the request timed out, or the daemon answered with a 5xx status that
+/// says it is unavailable.
+pub fn docker_unreachable(e: &bollard::errors::Error) -> bool {
+    use bollard::errors::Error as E;
+    match e {
+        E::IOError { .. }
+        | E::HyperResponseError { .. }
+        | E::HyperLegacyError { .. }
+        | E::RequestTimeoutError
+        | E::SocketNotFoundError(_) => true,
+        E::DockerResponseServerError { status_code, .. } => matches!(status_code, 502..=504),
+        _ => false,
+    }
+}
+
+/// `ENOSPC`: no space left on the device.
+fn is_disk_full(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::StorageFull
+}
+
+/// How often [`wait_reachable`] asks the runtime again.
+const REACHABLE_POLL: Duration = Duration::from_secs(1);
+
+/// Wait until `runtime` answers a ping, at most `bound`; the last error when it never did.
+pub async fn wait_reachable(runtime: &dyn Runtime, bound: Duration) -> Result<(), RuntimeError> {
+    let deadline = tokio::time::Instant::now() + bound;
+    loop {
+        let last = match runtime.ping().await {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if tokio::time::Instant::now() + REACHABLE_POLL > deadline {
+            return Err(last);
+        }
+        tokio::time::sleep(REACHABLE_POLL).await;
     }
 }
 
@@ -221,6 +287,17 @@ pub trait Runtime: Send + Sync {
         Ok(Vec::new())
     }
 
+    /// Whether the runtime answers now (Docker: `GET /_ping`, bounded to a few seconds).
+    async fn ping(&self) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
+    /// Sandboxes that name their attempt, as `(sandbox id, attempt id)`, so a sweep can remove those of attempts
+    /// that are over.
+    async fn sandbox_attempts(&self) -> Result<Vec<(String, Uuid)>, RuntimeError> {
+        Ok(Vec::new())
+    }
+
     /// Sandboxes that name their worker process, as `(sandbox id, worker id)`.
     async fn sandbox_owners(&self) -> Result<Vec<(String, Uuid)>, RuntimeError> {
         Ok(Vec::new())
@@ -268,9 +345,81 @@ pub trait Sandbox: Send + Sync {
         budget: &mut CopyBudget,
     ) -> Result<(), RuntimeError>;
 
+    /// Whether the sandbox still runs: `Ok(false)` when it stopped or vanished (a restarted Docker daemon stops its
+    /// containers), an error when the runtime cannot be asked.
+    async fn is_running(&self) -> Result<bool, RuntimeError> {
+        Ok(true)
+    }
+
     /// Stop every process in the sandbox except its keep-alive, so a timed-out agent leaves nothing running.
     async fn kill_processes(&self) -> Result<(), RuntimeError>;
 
     /// Remove the sandbox and everything in it. Safe to call more than once.
     async fn remove(&self) -> Result<(), RuntimeError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::time::Duration;
+
+    use bollard::errors::Error as DockerError;
+
+    use super::RuntimeError;
+
+    fn server(status_code: u16, message: &str) -> DockerError {
+        DockerError::DockerResponseServerError {
+            status_code,
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn the_daemon_going_away_is_the_infrastructures_failure() {
+        let refused = || DockerError::IOError {
+            err: io::Error::new(io::ErrorKind::ConnectionRefused, "connection refused"),
+        };
+        let infrastructure = [
+            RuntimeError::Docker(refused()),
+            RuntimeError::Container(refused()),
+            RuntimeError::Docker(DockerError::RequestTimeoutError),
+            RuntimeError::Docker(DockerError::SocketNotFoundError("/run/docker.sock".into())),
+            RuntimeError::Docker(server(503, "the daemon is shutting down")),
+            RuntimeError::Gone("the attempt's container vanished".into()),
+            RuntimeError::BuildInfrastructure("no space left on device".into()),
+            RuntimeError::Io {
+                context: "could not write the trial folder".into(),
+                source: io::Error::from(io::ErrorKind::StorageFull),
+            },
+        ];
+        for e in &infrastructure {
+            assert!(e.is_infrastructure(), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn what_the_task_or_agent_did_is_not_the_infrastructures() {
+        let theirs = [
+            RuntimeError::Build("RUN false: exit code 1".into()),
+            RuntimeError::BuildTimeout {
+                limit: Duration::from_secs(600),
+                note: String::new(),
+            },
+            RuntimeError::StartTimeout(Duration::from_secs(60)),
+            RuntimeError::Start("preparing folders failed".into()),
+            // The daemon answered: it refused the request (a bad image name, a conflict, a path the task broke).
+            RuntimeError::Docker(server(404, "No such image: nope:latest")),
+            RuntimeError::Docker(server(400, "invalid reference format")),
+            RuntimeError::Docker(server(500, "extracting the archive failed")),
+            RuntimeError::Container(server(409, "conflict")),
+            RuntimeError::Io {
+                context: "could not read the tests".into(),
+                source: io::Error::from(io::ErrorKind::PermissionDenied),
+            },
+            RuntimeError::Backend("copying logs out took longer than 120 s".into()),
+        ];
+        for e in &theirs {
+            assert!(!e.is_infrastructure(), "{e:?}");
+        }
+    }
 }

@@ -35,7 +35,8 @@ pub struct Metrics {
     /// `released` | `rescued`.
     pub jobs: Counter<u64>,
     /// `tbw.attempts` (`{attempt}`): finished attempts, attributes `status` (`success` | `failed`) and, for
-    /// failures, `error.type` (`RateLimitError` | `TimeoutError` | `CancellationError` | `ExecutionError`).
+    /// failures, `error.type` (`RateLimitError` | `TimeoutError` | `CancellationError` | `ExecutionError` |
+    /// `InfrastructureError`).
     pub attempts: Counter<u64>,
     /// `tbw.errors` (`{error}`): things that went wrong, attribute `error.type`.
     pub errors: Counter<u64>,

@@ -241,6 +241,16 @@ impl Sandbox for DockerSandbox {
         transfer::copy_dir_out(&self.docker, &self.id, path, host_dir, budget).await
     }
 
+    async fn is_running(&self) -> Result<bool, RuntimeError> {
+        match self.docker.inspect_container(&self.id, None).await {
+            Ok(c) => Ok(c
+                .state
+                .is_some_and(|s| s.running == Some(true) && s.restarting != Some(true))),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     async fn kill_processes(&self) -> Result<(), RuntimeError> {
         // A container whose shell hangs cannot run this: removing the container (teardown) stops everything anyway.
         match tokio::time::timeout(SETUP_TIMEOUT, self.exec_in(KILL_ALL_BUT_KEEP_ALIVE, "/")).await

@@ -105,3 +105,17 @@ pub(super) async fn environment_owners(
         )
         .collect())
 }
+
+/// Containers that name their attempt, as `(container id, attempt id)`.
+pub(super) async fn container_attempts(
+    docker: &Docker,
+) -> Result<Vec<(String, Uuid)>, RuntimeError> {
+    Ok(managed_containers(docker, None)
+        .await?
+        .into_iter()
+        .filter_map(|c| {
+            let attempt = c.labels.as_ref()?.get(LABEL_ATTEMPT)?.parse().ok()?;
+            Some((c.id?, attempt))
+        })
+        .collect())
+}

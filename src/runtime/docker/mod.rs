@@ -45,6 +45,9 @@ use super::{PreparedImage, Runtime, RuntimeError, Sandbox, SandboxSpec};
 use crate::config::{ImageConfig, NetworkConfig, NetworkMode, PrivilegesConfig};
 use crate::task::TaskSpec;
 
+/// Longest wait for the daemon to answer a ping.
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Talks to a Docker daemon.
 #[derive(Clone)]
 pub struct DockerRuntime {
@@ -218,6 +221,21 @@ impl Runtime for DockerRuntime {
 
     async fn sandbox_owners(&self) -> Result<Vec<(String, Uuid)>, RuntimeError> {
         labels::environment_owners(&self.docker).await
+    }
+
+    async fn ping(&self) -> Result<(), RuntimeError> {
+        match tokio::time::timeout(PING_TIMEOUT, self.docker.ping()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(RuntimeError::Gone(format!(
+                "the Docker daemon did not answer a ping within {} s",
+                PING_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    async fn sandbox_attempts(&self) -> Result<Vec<(String, Uuid)>, RuntimeError> {
+        labels::container_attempts(&self.docker).await
     }
 
     /// `id` is a container id or the name of a network (`tbw-…`) from [`Runtime::sandbox_owners`]; a container's

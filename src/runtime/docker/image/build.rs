@@ -125,21 +125,39 @@ pub(super) async fn build(
                 }
                 if let Some(err) = info.error_detail.and_then(|d| d.message) {
                     tail.push(&err);
-                    break Err(RuntimeError::Build(tail.text()));
+                    break Err(build_failed(&err, tail.text()));
                 }
             }
             Some(Err(DockerError::DockerStreamError { error })) => {
                 tail.push(&error);
-                break Err(RuntimeError::Build(tail.text()));
+                break Err(build_failed(&error, tail.text()));
             }
             Some(Err(e)) => {
                 tail.push(&e.to_string());
-                break Err(RuntimeError::Build(tail.text()));
+                break Err(if crate::runtime::docker_unreachable(&e) {
+                    RuntimeError::BuildInfrastructure(tail.text())
+                } else {
+                    RuntimeError::Build(tail.text())
+                });
             }
         }
     };
     drop(cgroup);
     result
+}
+
+/// The daemon's words when its own disk is full. The daemon reports a failed build step only as text, so this is
+/// the one place its message is read: a full disk is not the Dockerfile's fault and is retried.
+const DISK_FULL: &str = "no space left on device";
+
+/// The error for a build the daemon reported as failed with `message`: the infrastructure's when the daemon's
+/// disk is full, the task's otherwise.
+fn build_failed(message: &str, tail: String) -> RuntimeError {
+    if message.to_ascii_lowercase().contains(DISK_FULL) {
+        RuntimeError::BuildInfrastructure(tail)
+    } else {
+        RuntimeError::Build(tail)
+    }
 }
 
 /// A client whose build requests carry `cgroupparent` (the Docker API has it; bollard's build options do not).
@@ -215,6 +233,22 @@ impl BuildLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_build_that_fills_the_daemons_disk_is_the_infrastructures_failure() {
+        let full = build_failed(
+            "failed to register layer: write /usr/lib/x: No space left on device",
+            "tail".into(),
+        );
+        assert!(matches!(full, RuntimeError::BuildInfrastructure(_)));
+        assert!(full.is_infrastructure());
+        let broken = build_failed(
+            "The command '/bin/sh -c false' returned a non-zero code: 1",
+            "tail".into(),
+        );
+        assert!(matches!(broken, RuntimeError::Build(_)));
+        assert!(!broken.is_infrastructure());
+    }
 
     #[test]
     fn the_build_log_keeps_the_last_meaningful_lines_and_the_step_container() {
