@@ -44,6 +44,8 @@ pub struct Poller {
     task_jobs: HashMap<tokio::task::Id, Uuid>,
     /// Jobs `queued` in the database at the last poll.
     queued: u64,
+    /// Closed while a filesystem the worker writes to is nearly full.
+    disk: crate::disk::DiskGate,
 }
 
 impl Poller {
@@ -55,19 +57,35 @@ impl Poller {
             AttemptFanout::new(app.clone(), draining.clone()),
         );
         Poller {
-            app,
             pipeline,
             draining,
             held: HashSet::new(),
             tasks: JoinSet::new(),
             task_jobs: HashMap::new(),
             queued: 0,
+            disk: crate::disk::DiskGate::new(
+                &app.config.work_dir,
+                app.config.outages.min_free_disk_mb,
+            ),
+            app,
         }
     }
 
-    /// Offer every queued job not held yet to the pipeline. Returns how many were offered.
+    /// Also keep claiming closed while the runtime's own data folder (Docker's) is nearly full.
+    pub async fn watch_runtime_disk(&mut self) {
+        let root = self.app.runtime.data_root().await;
+        self.disk.watch_docker_root(root);
+    }
+
+    /// Offer every queued job not held yet to the pipeline. Returns how many were offered; none while a filesystem
+    /// the worker writes to has less free space than `MIN_FREE_DISK_MB` (the jobs stay `queued`).
     pub async fn poll_once(&mut self) -> Result<usize, DbErr> {
         self.reap();
+        if !self.disk.may_claim() {
+            self.queued = db::count_queued(&self.app.db).await?;
+            metrics().set_queued(self.queued);
+            return Ok(0);
+        }
         let config = &self.app.config;
         // As many of an owner's jobs as the pipeline can hold for one owner; more would only be refused.
         let per_owner = (config.max_active_jobs_per_user + config.max_queued_jobs_per_user) as u64;
@@ -262,6 +280,33 @@ pub async fn run(app: App, shutdown: CancellationToken, grace: Duration) -> Resu
     }
     let interval = app.config.poll_interval;
     let mut poller = Poller::new(app.clone());
+    poller.watch_runtime_disk().await;
+    // Trial folders a previous run left on their way to the store: finished in the background while jobs run.
+    let resume = {
+        let app = app.clone();
+        let policy = crate::uploads::UploadPolicy::new(
+            &app.config.work_dir,
+            app.config.outages.upload_retry,
+            app.config.upload_concurrency,
+        );
+        async move {
+            let settled = crate::uploads::resume(&app.store, &app.db, &policy).await;
+            if settled > 0 {
+                tracing::info!(
+                    attempts = settled,
+                    "settled uploads left pending by an earlier run"
+                );
+            }
+        }
+    };
+    let stopping = background.clone();
+    helpers.spawn(async move {
+        tokio::select! {
+            _ = resume => {}
+            // Whatever is not done yet stays on disk for the next start.
+            _ = stopping.cancelled() => {}
+        }
+    });
     let mut last_said = tokio::time::Instant::now();
     loop {
         if let Err(e) = poller.poll_once().await {

@@ -121,6 +121,8 @@ pub struct AttemptOutcome {
     pub warnings: Vec<String>,
     /// What was copied out of `/logs`, and which files were cut at a cap (listed in `result.json`).
     pub artifacts: CopyBudget,
+    /// What became of the trial folder's upload (`metadata.artifacts`); `None` when nothing was to be uploaded.
+    pub upload: Option<crate::uploads::ArtifactsState>,
 }
 
 /// Tokens an attempt's model calls used.
@@ -185,6 +187,7 @@ impl AttemptOutcome {
             trajectory: None,
             warnings: Vec::new(),
             artifacts: CopyBudget::default(),
+            upload: None,
         }
     }
 
@@ -282,6 +285,9 @@ impl AttemptOutcome {
         }
         if let Some(id) = &self.container_id {
             m.insert("containerId".into(), json!(id));
+        }
+        if let Some(upload) = &self.upload {
+            m.insert("artifacts".into(), upload.to_json());
         }
         if self.status == AttemptStatus::Failed
             && let Some((kind, message)) = &self.error
