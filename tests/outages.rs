@@ -371,3 +371,95 @@ async fn a_nearly_full_work_folder_pauses_claiming_until_space_is_freed() {
     assert_eq!(text.matches("claiming jobs again").count(), 1, "{text}");
     assert_eq!(text.matches("claiming no new jobs").count(), 1, "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_task_archive_download_waits_out_a_short_outage_but_not_a_missing_archive() {
+    let mut s3 = TestS3::start();
+    let h = harness_on_s3(&s3, &[("TASK_DOWNLOAD_RETRY_SECS", "600")]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let job = submit::submit(&h.app, &slow_task(dir.path(), 0), 1, None)
+        .await
+        .unwrap();
+    // A job whose archive is not there: a 404 is not retried, however long the bound.
+    let missing = db::insert_job(
+        &h.db,
+        "missing",
+        1,
+        &format!("s3://{}/tasks/missing.zip", h.bucket),
+        None,
+    )
+    .await
+    .unwrap();
+    s3.down();
+    let (stop, worker) = h.start_worker();
+    // The worker claims the job and keeps trying to fetch its archive while the store is down.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while h.job(job.id).await.status != JobStatus::Running {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the job was never claimed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(h.job(job.id).await.status, JobStatus::Running);
+    s3.up();
+    let done = h.wait_final(job.id, Duration::from_secs(180)).await;
+    assert_eq!(
+        done.status,
+        JobStatus::Completed,
+        "{:?}",
+        done.error_message
+    );
+    // Well inside the 600 s bound: the missing archive failed the job at once, with a readable message.
+    let gone = h.wait_final(missing.id, Duration::from_secs(120)).await;
+    stop.cancel();
+    worker.await.unwrap();
+    assert_eq!(gone.status, JobStatus::Failed);
+    let message = gone.error_message.unwrap_or_default();
+    assert!(message.contains("does not exist"), "{message}");
+}
+
+#[tokio::test]
+async fn store_errors_say_whether_retrying_can_help() {
+    use terminal_bench_worker::config::Config;
+    use terminal_bench_worker::store::{ArtifactStore, S3Store, StoreError};
+
+    let mut s3 = TestS3::start();
+    let store = |secret: &str| {
+        let mut vars: std::collections::HashMap<String, String> =
+            s3_vars("tbw-classify").into_iter().collect();
+        vars.insert("S3_ENDPOINT".into(), s3.endpoint());
+        vars.insert("S3_SECRET_ACCESS_KEY".into(), secret.into());
+        let config = Config::from_lookup(&|n| vars.get(n).cloned()).unwrap();
+        ArtifactStore::S3(S3Store::new(config.s3.as_ref().unwrap()))
+    };
+    let good = store(&env_or("TBW_TEST_S3_SECRET_ACCESS_KEY", "tbw-test-secret"));
+    let ArtifactStore::S3(client) = &good else {
+        unreachable!()
+    };
+    client
+        .client()
+        .create_bucket()
+        .bucket("tbw-classify")
+        .send()
+        .await
+        .unwrap();
+    good.put("a.txt", "a".into(), "text/plain").await.unwrap();
+    // A wrong secret is refused (403): not worth retrying.
+    let refused = store("not-the-secret")
+        .put("b.txt", "b".into(), "text/plain")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, StoreError::Rejected { .. }) && !refused.is_transient(),
+        "{refused:?}"
+    );
+    // No server: may pass.
+    s3.down();
+    let down = good
+        .put("c.txt", "c".into(), "text/plain")
+        .await
+        .unwrap_err();
+    assert!(down.is_transient(), "{down:?}");
+}
