@@ -13,6 +13,7 @@ mod images;
 mod infra;
 mod network;
 mod otel;
+mod outages;
 mod privileges;
 mod terminus;
 
@@ -20,6 +21,7 @@ pub use images::{DEFAULT_IMAGE_REPOSITORY, ImageConfig};
 pub use infra::InfraConfig;
 pub use network::{Cidr, NetworkConfig, NetworkMode};
 pub use otel::{OtelConfig, OtlpProtocol, TraceSampler};
+pub use outages::OutageConfig;
 pub use privileges::PrivilegesConfig;
 pub use terminus::TerminusConfig;
 
@@ -147,6 +149,9 @@ pub struct Config {
     pub artifact_limits: crate::runtime::CopyLimits,
     /// `ARTIFACT_UPLOAD_CONCURRENCY` (4): files of one attempt uploaded at the same time.
     pub upload_concurrency: usize,
+    /// `ARTIFACT_UPLOAD_RETRY_SECS`, `TASK_DOWNLOAD_RETRY_SECS`, `MIN_FREE_DISK_MB`: riding out S3 outages and a
+    /// nearly full disk.
+    pub outages: OutageConfig,
     /// `OTEL_EXPORTER_OTLP_ENDPOINT`: where traces and metrics go, if anywhere.
     pub otlp_endpoint: Option<String>,
     /// The rest of OpenTelemetry's standard `OTEL_*` settings.
@@ -405,6 +410,7 @@ impl Config {
             "a whole number between 1 and 64",
             |v| (1..=64).contains(v),
         );
+        let outages = outages::read(&mut r);
         let work_dir = r
             .string("WORKER_WORK_DIR")
             .map(PathBuf::from)
@@ -472,6 +478,7 @@ impl Config {
                 ..crate::runtime::CopyLimits::DEFAULT
             },
             upload_concurrency,
+            outages,
             otlp_endpoint,
             otel,
             log_level,

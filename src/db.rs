@@ -594,3 +594,57 @@ pub async fn finish_job(
     txn.commit().await?;
     Ok(changed)
 }
+
+/// Settle a final attempt's pending artifacts: set `metadata.artifacts` to `artifacts` and `log_path` to `log_path`
+/// (`None` when they were lost), only while the row still says `metadata.artifacts.state = "pending"` with no
+/// `log_path` — so a late writer (a worker that stopped mid-upload, or the upload resumed at start-up) never
+/// overwrites anything another run recorded. Returns whether the row was changed.
+pub async fn settle_artifacts(
+    db: &DatabaseConnection,
+    attempt_id: Uuid,
+    log_path: Option<&str>,
+    artifacts: serde_json::Value,
+) -> Result<bool, DbErr> {
+    let Some(row) = attempt::Entity::find_by_id(attempt_id).one(db).await? else {
+        return Ok(false);
+    };
+    if !artifacts_pending(&row) {
+        return Ok(false);
+    }
+    let mut metadata = row.metadata.unwrap_or_else(|| serde_json::json!({}));
+    if let Some(m) = metadata.as_object_mut() {
+        m.insert("artifacts".into(), artifacts);
+    }
+    let result = attempt::Entity::update_many()
+        .col_expr(attempt::Column::Metadata, Expr::value(scrub_json(metadata)))
+        .col_expr(
+            attempt::Column::LogPath,
+            Expr::value(log_path.map(str::to_string)),
+        )
+        .filter(attempt::Column::Id.eq(attempt_id))
+        .filter(attempt::Column::LogPath.is_null())
+        .filter(attempt::Column::Status.is_in([AttemptStatus::Success, AttemptStatus::Failed]))
+        .exec(db)
+        .await?;
+    Ok(result.rows_affected == 1)
+}
+
+/// Whether an attempt is final with its artifacts still waiting for an upload (see [`settle_artifacts`]).
+pub fn artifacts_pending(row: &attempt::Model) -> bool {
+    matches!(row.status, AttemptStatus::Success | AttemptStatus::Failed)
+        && row.log_path.is_none()
+        && row
+            .metadata
+            .as_ref()
+            .and_then(|m| m.pointer("/artifacts/state"))
+            .and_then(serde_json::Value::as_str)
+            == Some("pending")
+}
+
+/// An attempt by id.
+pub async fn find_attempt(
+    db: &impl ConnectionTrait,
+    id: Uuid,
+) -> Result<Option<attempt::Model>, DbErr> {
+    attempt::Entity::find_by_id(id).one(db).await
+}

@@ -256,8 +256,18 @@ impl App {
             .await
             .map_err(ArchiveError::Io)?;
         let archive = scratch.join("task.zip");
+        // Retried across a short outage of the store; a missing or oversized archive fails the job at once.
+        let fetch = crate::backoff::retry(
+            self.config.outages.download_retry,
+            "fetching the task archive",
+            StoreError::is_transient,
+            || {
+                self.store
+                    .get_to_file(url, self.config.max_archive_bytes, &archive)
+            },
+        );
         tokio::select! {
-            got = self.store.get_to_file(url, self.config.max_archive_bytes, &archive) => got?,
+            got = fetch => got?,
             _ = stop.stopped() => return Err(JobError::Stopped),
         };
         let task_dir = scratch.join("task");
@@ -300,6 +310,11 @@ impl App {
             inputs: Arc::new(attempt::inputs::TaskInputs::new(scratch.join("packed"))),
             artifact_limits: self.config.artifact_limits,
             upload_concurrency: self.config.upload_concurrency,
+            uploads: crate::uploads::UploadPolicy::new(
+                &self.config.work_dir,
+                self.config.outages.upload_retry,
+                self.config.upload_concurrency,
+            ),
             job_id: job.id,
             default_cpus: self.config.default_cpus,
             default_memory_mb: self.config.default_memory_mb,

@@ -18,9 +18,11 @@
 
 pub mod app;
 pub mod attempt;
+pub mod backoff;
 pub mod claims;
 pub mod config;
 pub mod db;
+pub mod disk;
 pub mod fence;
 pub mod fleet;
 pub mod fmt;
@@ -40,3 +42,4 @@ pub mod store;
 pub mod submit;
 pub mod task;
 pub mod telemetry;
+pub mod uploads;

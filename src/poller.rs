@@ -55,6 +55,8 @@ pub struct Poller {
     counted_at: Option<tokio::time::Instant>,
     /// Claims of jobs the pipeline refused before they reached its innermost service: given back at the next poll.
     to_release: Vec<claims::Claim>,
+    /// Closed while a filesystem the worker writes to is nearly full.
+    disk: crate::disk::DiskGate,
 }
 
 impl Poller {
@@ -66,7 +68,6 @@ impl Poller {
             AttemptFanout::new(app.clone(), draining.clone()),
         );
         Poller {
-            app,
             pipeline,
             draining,
             held: HashSet::new(),
@@ -75,7 +76,18 @@ impl Poller {
             queued: 0,
             counted_at: None,
             to_release: Vec::new(),
+            disk: crate::disk::DiskGate::new(
+                &app.config.work_dir,
+                app.config.outages.min_free_disk_mb,
+            ),
+            app,
         }
+    }
+
+    /// Also keep claiming closed while the runtime's own data folder (Docker's) is nearly full.
+    pub async fn watch_runtime_disk(&mut self) {
+        let root = self.app.runtime.data_root().await;
+        self.disk.watch_docker_root(root);
     }
 
     /// Take up new work: with coordination, claim as many jobs as there is room for and run them; without,
@@ -83,6 +95,12 @@ impl Poller {
     pub async fn poll_once(&mut self) -> Result<usize, DbErr> {
         self.reap();
         self.release_refused().await;
+        if !self.disk.may_claim() {
+            self.queued = db::count_queued(&self.app.db).await?;
+            self.counted_at = Some(tokio::time::Instant::now());
+            metrics().set_queued(self.queued);
+            return Ok(0);
+        }
         let offered = match self.app.coordination.clone() {
             Some(co) => self.claim_and_offer(&co).await?,
             None => self.offer_queued().await?,
@@ -351,6 +369,33 @@ pub async fn run(app: App, shutdown: CancellationToken, grace: Duration) -> Resu
     }
     let interval = app.config.poll_interval;
     let mut poller = Poller::new(app.clone());
+    poller.watch_runtime_disk().await;
+    // Trial folders a previous run left on their way to the store: finished in the background while jobs run.
+    let resume = {
+        let app = app.clone();
+        let policy = crate::uploads::UploadPolicy::new(
+            &app.config.work_dir,
+            app.config.outages.upload_retry,
+            app.config.upload_concurrency,
+        );
+        async move {
+            let settled = crate::uploads::resume(&app.store, &app.db, &policy).await;
+            if settled > 0 {
+                tracing::info!(
+                    attempts = settled,
+                    "settled uploads left pending by an earlier run"
+                );
+            }
+        }
+    };
+    let stopping = background.clone();
+    helpers.spawn(async move {
+        tokio::select! {
+            _ = resume => {}
+            // Whatever is not done yet stays on disk for the next start.
+            _ = stopping.cancelled() => {}
+        }
+    });
     let mut last_said = tokio::time::Instant::now();
     loop {
         if let Err(e) = poller.poll_once().await {

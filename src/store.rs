@@ -35,7 +35,16 @@ pub enum StoreError {
         /// The limit.
         limit: u64,
     },
-    /// Anything else (network, permissions, disk).
+    /// The store refused the request for good (a 4xx such as access denied or a missing bucket): retrying cannot
+    /// help.
+    #[error("the artifact store refused the request for {url}: {message}")]
+    Rejected {
+        /// Object URL (or prefix).
+        url: String,
+        /// What the store said.
+        message: String,
+    },
+    /// Anything else (network, a 5xx, a timeout, local disk): possibly passing, so worth retrying.
     #[error("artifact store error for {url}: {message}")]
     Backend {
         /// Object URL (or prefix).
@@ -43,6 +52,14 @@ pub enum StoreError {
         /// What went wrong.
         message: String,
     },
+}
+
+impl StoreError {
+    /// Whether trying again later may succeed: connection failures, timeouts and 5xx (and throttling) answers are;
+    /// a missing object, a refusal (4xx) or an object too large are not.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Backend { .. })
+    }
 }
 
 /// Split `s3://bucket/key` into its parts.
@@ -135,6 +152,31 @@ fn backend(url: &str, e: impl std::fmt::Display) -> StoreError {
     }
 }
 
+/// An SDK error as a [`StoreError`]: answers with a 4xx status other than 408 (timeout) and 429 (throttling) are
+/// refusals; everything else (no answer, a 5xx) may pass.
+fn sdk_error<E: std::error::Error + Send + Sync + 'static>(
+    url: &str,
+    e: &aws_sdk_s3::error::SdkError<E>,
+) -> StoreError {
+    use aws_sdk_s3::error::SdkError;
+    let refused = match e {
+        SdkError::ConstructionFailure(_) => true,
+        SdkError::ServiceError(_) | SdkError::ResponseError(_) => e
+            .raw_response()
+            .map(|r| r.status().as_u16())
+            .is_some_and(|s| (400..500).contains(&s) && s != 408 && s != 429),
+        _ => false,
+    };
+    if refused {
+        StoreError::Rejected {
+            url: url.to_string(),
+            message: sdk_message(e),
+        }
+    } else {
+        backend(url, sdk_message(e))
+    }
+}
+
 fn sdk_message<E: std::error::Error + Send + Sync + 'static>(
     e: &aws_sdk_s3::error::SdkError<E>,
 ) -> String {
@@ -182,7 +224,7 @@ impl ArtifactStore {
                         if missing {
                             StoreError::NotFound(url.to_string())
                         } else {
-                            backend(url, sdk_message(&e))
+                            sdk_error(url, &e)
                         }
                     })?;
                 if let Some(size) = out.content_length().and_then(|n| u64::try_from(n).ok())
@@ -244,7 +286,7 @@ impl ArtifactStore {
                     .body(ByteStream::from(data))
                     .send()
                     .await
-                    .map_err(|e| backend(&url, sdk_message(&e)))?;
+                    .map_err(|e| sdk_error(&url, &e))?;
             }
             ArtifactStore::Local(l) => {
                 let path = l.path_of(LOCAL_BUCKET, key)?;
@@ -284,7 +326,7 @@ impl ArtifactStore {
                     .body(body)
                     .send()
                     .await
-                    .map_err(|e| backend(&url, sdk_message(&e)))?;
+                    .map_err(|e| sdk_error(&url, &e))?;
             }
             ArtifactStore::Local(l) => {
                 let target = l.path_of(LOCAL_BUCKET, key)?;
@@ -343,7 +385,7 @@ impl ArtifactStore {
     }
 }
 
-fn content_type_for(path: &Path) -> &'static str {
+pub(crate) fn content_type_for(path: &Path) -> &'static str {
     match path.extension().and_then(|e| e.to_str()) {
         Some("json") => "application/json",
         Some("txt" | "log" | "sh" | "md") => "text/plain; charset=utf-8",

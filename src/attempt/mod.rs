@@ -35,8 +35,6 @@ use crate::stop::{Stop, StopReason};
 use crate::store::ArtifactStore;
 use crate::task::Task;
 
-/// Longest wait for the trial folder's upload.
-const UPLOAD_TIMEOUT: Duration = Duration::from_secs(600);
 /// Longest wait for removing the attempt's environment.
 const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -57,6 +55,8 @@ pub struct AttemptContext {
     pub artifact_limits: CopyLimits,
     /// Files of one attempt uploaded at the same time (`ARTIFACT_UPLOAD_CONCURRENCY`).
     pub upload_concurrency: usize,
+    /// Where trial folders wait for their upload, and how long it is retried.
+    pub uploads: crate::uploads::UploadPolicy,
     /// The job id.
     pub job_id: Uuid,
     /// CPU limit when `task.toml` names none.
@@ -214,21 +214,9 @@ pub async fn run_attempt(
 
     if keep_logs {
         let prefix = format!("results/{}/attempt-{}", ctx.job_id, attempt.index);
-        let upload = trial::write_and_upload(ctx, &out, &trial_dir, &prefix);
-        // Bounded, so a hanging store cannot keep the attempt (and its job) running forever.
-        match tokio::time::timeout(
-            UPLOAD_TIMEOUT,
-            upload.instrument(tracing::info_span!("upload")),
-        )
-        .await
-        {
-            Ok(Ok(url)) => out.log_path = Some(url),
-            Ok(Err(e)) => tracing::warn!(error = %e, "could not upload the attempt's trial folder"),
-            Err(_) => tracing::warn!(
-                limit_s = UPLOAD_TIMEOUT.as_secs(),
-                "uploading the trial folder took too long; gave up"
-            ),
-        }
+        trial::deliver(ctx, &mut out, &trial_dir, &prefix)
+            .instrument(tracing::info_span!("upload"))
+            .await;
     }
     if let Err(e) = tokio::fs::remove_dir_all(&scratch).await
         && e.kind() != std::io::ErrorKind::NotFound

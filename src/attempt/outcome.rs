@@ -128,6 +128,8 @@ pub struct AttemptOutcome {
     pub infrastructure_retries: u32,
     /// What went wrong in the runs that were abandoned, oldest first.
     pub infrastructure_errors: Vec<String>,
+    /// What became of the trial folder's upload (`metadata.artifacts`); `None` when nothing was to be uploaded.
+    pub upload: Option<crate::uploads::ArtifactsState>,
 }
 
 /// Tokens an attempt's model calls used.
@@ -195,6 +197,7 @@ impl AttemptOutcome {
             infrastructure: None,
             infrastructure_retries: 0,
             infrastructure_errors: Vec::new(),
+            upload: None,
         }
     }
 
@@ -333,6 +336,9 @@ impl AttemptOutcome {
         }
         if let Some(class) = self.failure_class() {
             m.insert("failureClass".into(), json!(class));
+        }
+        if let Some(upload) = &self.upload {
+            m.insert("artifacts".into(), upload.to_json());
         }
         if self.status == AttemptStatus::Failed
             && let Some((kind, message)) = &self.error

@@ -5,10 +5,14 @@ use std::path::Path;
 
 use serde_json::json;
 
+use tracing::Instrument;
+
 use super::{AttemptContext, AttemptOutcome};
 use crate::fence::{Claim, LeaseLost};
 use crate::runtime::{CopyBudget, RuntimeError, Sandbox};
+use crate::stop::StopReason;
 use crate::store::{ArtifactStore, StoreError};
+use crate::uploads::{self, ArtifactsState, Manifest};
 
 /// Why a trial folder was not uploaded.
 #[derive(Debug, thiserror::Error)]
@@ -112,38 +116,182 @@ pub async fn upload_fenced(
     Ok(format!("{}/", store.url_for(prefix)))
 }
 
-/// Write `result.json` into `trial_dir` and upload the folder ([`upload_fenced`]); returns the `log_path` URL.
-pub async fn write_and_upload(
+/// Write the trial folder's own files into `trial_dir`: `result.json`, and the agent's trajectory when it kept one.
+pub async fn write_files(
     ctx: &AttemptContext,
     out: &AttemptOutcome,
     trial_dir: &Path,
-    prefix: &str,
-) -> Result<String, UploadError> {
-    let io = |e: std::io::Error| StoreError::Backend {
-        url: trial_dir.display().to_string(),
-        message: e.to_string(),
-    };
-    tokio::fs::create_dir_all(trial_dir).await.map_err(io)?;
+) -> std::io::Result<()> {
+    tokio::fs::create_dir_all(trial_dir).await?;
     if let Some(trajectory) = &out.trajectory {
         // Written on the host, after the container's `/logs/agent` was copied: nothing in the container can alter it.
         let agent_dir = trial_dir.join("agent");
-        tokio::fs::create_dir_all(&agent_dir).await.map_err(io)?;
+        tokio::fs::create_dir_all(&agent_dir).await?;
         let text = serde_json::to_vec_pretty(trajectory).unwrap_or_default();
-        tokio::fs::write(agent_dir.join("trajectory.json"), text)
-            .await
-            .map_err(io)?;
+        tokio::fs::write(agent_dir.join("trajectory.json"), text).await?;
     }
     let text = serde_json::to_vec_pretty(&result_json(ctx, out)).unwrap_or_default();
-    tokio::fs::write(trial_dir.join("result.json"), text)
+    tokio::fs::write(trial_dir.join("result.json"), text).await
+}
+
+/// Write the trial folder's files and upload it to `prefix`, setting the outcome's `log_path` and `upload` state.
+///
+/// The folder is first moved into a pending-upload entry ([`crate::uploads`]), so it survives a restart. The
+/// attempt waits for the upload (retried across an outage for `ARTIFACT_UPLOAD_RETRY_SECS`): `log_path` is set when
+/// every file arrived; otherwise it stays empty and the state is `lost`, with the reason. When the job stops while the
+/// upload goes on (cancelled, past its deadline, the worker shutting down), the attempt stops waiting: it is recorded
+/// `pending`, and the upload settles the row itself when it ends — or the next start of a worker on this work folder
+/// does. A worker that lost the job's lease stops uploading at once: the prefix belongs to the new owner.
+pub async fn deliver(
+    ctx: &AttemptContext,
+    out: &mut AttemptOutcome,
+    trial_dir: &Path,
+    prefix: &str,
+) {
+    if let Err(e) = write_files(ctx, out, trial_dir).await {
+        lose(
+            out,
+            format!("the trial folder could not be written on the worker: {e}"),
+        );
+        return;
+    }
+    if let Some(claim) = ctx.fence.as_ref() {
+        let held = crate::backoff::retry(
+            ctx.uploads.retry,
+            "checking the job's claim before uploading",
+            |_: &sea_orm::DbErr| true,
+            || crate::fence::still_held(&ctx.db, claim),
+        )
+        .await;
+        match held {
+            Ok(true) => {}
+            Ok(false) => {
+                // Nothing of this run is recorded either: the attempt's record is refused the same way.
+                tracing::warn!(job = %claim.job_id, "{}; the trial folder is not uploaded", LeaseLost(claim.job_id));
+                return;
+            }
+            Err(e) => {
+                lose(
+                    out,
+                    format!("the job's claim could not be checked before uploading: {e}"),
+                );
+                return;
+            }
+        }
+    }
+    let manifest = Manifest {
+        job_id: ctx.job_id,
+        attempt_id: out.attempt_id,
+        index: out.index,
+        prefix: prefix.to_string(),
+    };
+    let (root, dir) = (ctx.uploads.root.clone(), trial_dir.to_path_buf());
+    let entry = match tokio::task::spawn_blocking(move || uploads::stage(&root, &dir, manifest))
         .await
-        .map_err(io)?;
-    upload_fenced(
-        &ctx.store,
-        &ctx.db,
-        ctx.fence.as_ref(),
-        trial_dir,
-        prefix,
-        ctx.upload_concurrency,
-    )
-    .await
+    {
+        Ok(Ok(entry)) => Some(entry),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "could not keep the trial folder for its upload; it is uploaded from scratch space and lost if the worker stops first");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "staging the trial folder crashed; it is uploaded from scratch space");
+            None
+        }
+    };
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    let (store, policy, db) = (ctx.store.clone(), ctx.uploads.clone(), ctx.db.clone());
+    let (in_place, prefix, attempt_id) =
+        (trial_dir.to_path_buf(), prefix.to_string(), out.attempt_id);
+    let upload = async move {
+        let result = match &entry {
+            Some(entry) => uploads::upload_entry(&store, &policy, entry).await,
+            None => uploads::upload_folder(&store, &policy, &in_place, &prefix, None).await,
+        };
+        let settled = match tx.send(result) {
+            Ok(()) => true,
+            // The attempt stopped waiting: once its row is recorded (`pending`), settle it here.
+            Err(result) => settle_when_recorded(&db, attempt_id, &result).await,
+        };
+        if let Some(entry) = entry
+            && settled
+        {
+            entry.remove().await;
+        }
+    };
+    let task = tokio::spawn(upload.instrument(tracing::Span::current()));
+    tokio::select! {
+        biased;
+        got = &mut rx => match got {
+            Ok(result) => apply(out, &result),
+            Err(_) => lose(out, "the upload task crashed".to_string()),
+        },
+        reason = ctx.stop.stopped() => {
+            if reason == StopReason::LeaseLost {
+                task.abort();
+                let _ = task.await;
+                let _ = tokio::fs::remove_dir_all(ctx.uploads.root.join(out.attempt_id.to_string())).await;
+                return;
+            }
+            rx.close();
+            match rx.try_recv() {
+                Ok(result) => apply(out, &result),
+                Err(_) => {
+                    tracing::info!("the job stopped while the trial folder was uploading; the upload goes on and sets log_path when it ends");
+                    out.upload = Some(ArtifactsState::Pending);
+                }
+            }
+        }
+    }
+}
+
+/// Take an upload's result into the outcome.
+fn apply(out: &mut AttemptOutcome, result: &Result<String, StoreError>) {
+    let (log_path, state) = uploads::settled(result);
+    if let ArtifactsState::Lost(why) = &state {
+        tracing::error!("{why}; the attempt's log_path stays empty");
+    }
+    out.log_path = log_path.map(str::to_string);
+    out.upload = Some(state);
+}
+
+fn lose(out: &mut AttemptOutcome, why: String) {
+    tracing::error!("{why}; the attempt's log_path stays empty");
+    out.log_path = None;
+    out.upload = Some(ArtifactsState::Lost(why));
+}
+
+/// Settle an attempt's artifacts once its row is recorded `pending` (the attempt's runner writes it right after the
+/// attempt returns); gives up after two minutes, leaving the entry for the next start. True when nothing waits any
+/// more.
+async fn settle_when_recorded(
+    db: &sea_orm::DatabaseConnection,
+    attempt_id: uuid::Uuid,
+    result: &Result<String, StoreError>,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        match crate::db::find_attempt(db, attempt_id).await {
+            Ok(Some(row)) if crate::db::artifacts_pending(&row) => {
+                return uploads::settle(db, attempt_id, result).await;
+            }
+            // Recorded some other way (or gone): nothing waits for this upload.
+            Ok(Some(row))
+                if matches!(
+                    row.status,
+                    entity::attempt::AttemptStatus::Success
+                        | entity::attempt::AttemptStatus::Failed
+                ) =>
+            {
+                return true;
+            }
+            Ok(None) => return true,
+            Ok(Some(_)) | Err(_) => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(attempt = %attempt_id, "the attempt was not recorded in time to settle its upload; the next start does");
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }

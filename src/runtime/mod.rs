@@ -303,6 +303,12 @@ pub trait Runtime: Send + Sync {
         Ok(Vec::new())
     }
 
+    /// The folder where this runtime keeps images and containers (Docker's `DockerRootDir`), for the free-space
+    /// gate on claiming; `None` when it has none of its own or cannot say.
+    async fn data_root(&self) -> Option<PathBuf> {
+        None
+    }
+
     /// Remove one sandbox by id (found through [`Runtime::sandbox_owners`]).
     async fn remove_sandbox(&self, _id: &str) -> Result<(), RuntimeError> {
         Ok(())

@@ -59,6 +59,7 @@ struct Gauges {
     queued: AtomicI64,
     in_pipeline: AtomicI64,
     running: AtomicI64,
+    disk_paused: AtomicI64,
 }
 
 /// Kept so the callbacks stay registered.
@@ -67,6 +68,7 @@ struct Observers {
     queued: ObservableGauge<i64>,
     waiting: ObservableGauge<i64>,
     running: ObservableGauge<i64>,
+    disk_paused: ObservableGauge<i64>,
     uptime: ObservableGauge<f64>,
     memory: ObservableUpDownCounter<i64>,
 }
@@ -108,6 +110,14 @@ impl Metrics {
             .with_unit("{job}")
             .with_description("Jobs this worker runs now")
             .with_callback(move |o| o.observe(g.running.load(Ordering::Relaxed), &[]))
+            .build();
+        let g = gauges.clone();
+        let disk_paused = meter
+            .i64_observable_gauge("tbw.claims.paused_for_disk")
+            .with_description(
+                "1 while this worker claims no job because a filesystem is below MIN_FREE_DISK_MB",
+            )
+            .with_callback(move |o| o.observe(g.disk_paused.load(Ordering::Relaxed), &[]))
             .build();
         let uptime = meter
             .f64_observable_gauge("process.uptime")
@@ -175,6 +185,7 @@ impl Metrics {
                 queued,
                 waiting,
                 running,
+                disk_paused,
                 uptime,
                 memory,
             },
@@ -264,6 +275,13 @@ impl Metrics {
         self.gauges
             .in_pipeline
             .store(i64::try_from(n).unwrap_or(i64::MAX), Ordering::Relaxed);
+    }
+
+    /// Whether claiming is paused for lack of disk space.
+    pub fn set_disk_paused(&self, paused: bool) {
+        self.gauges
+            .disk_paused
+            .store(i64::from(paused), Ordering::Relaxed);
     }
 
     /// Counts a job as running until the guard is dropped.

@@ -6,6 +6,7 @@ pub mod dockerd;
 pub mod network;
 pub mod openai;
 pub mod postgres;
+pub mod s3;
 pub mod terminus;
 
 use std::collections::HashMap;

@@ -182,6 +182,11 @@ impl DockerRuntime {
 
 #[async_trait]
 impl Runtime for DockerRuntime {
+    async fn data_root(&self) -> Option<std::path::PathBuf> {
+        let info = self.docker.info().await.ok()?;
+        info.docker_root_dir.map(std::path::PathBuf::from)
+    }
+
     fn describe(&self) -> String {
         match &self.privileges.runtime {
             Some(runtime) => format!("Docker {} (runtime {runtime})", self.server_version),
