@@ -240,9 +240,17 @@ impl Bench {
             task.abort();
         }
         self.db.close().await?;
+        // For a look at the database afterwards (EXPLAIN ANALYZE of the worker's queries, see BENCHMARKS.md).
+        if std::env::var_os("TBW_BENCH_KEEP_DB").is_some() {
+            eprintln!("kept database {}", self.name);
+            return Ok(());
+        }
         let admin = db::connect(&admin_url()).await?;
         admin
-            .execute_unprepared(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+            .execute_unprepared(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
             .await?;
         Ok(())
     }

@@ -205,10 +205,17 @@ fn vars(pairs: &[(&'static str, String)]) -> Vars {
 // 1. Pickup latency
 
 async fn latency(rt: &Handle, a: &LatencyArgs) -> eyre::Result<()> {
-    println!("\n## 1. Pickup latency (insert committed → job `running`), {} jobs per case", a.jobs);
+    println!(
+        "\n## 1. Pickup latency (insert committed → job `running`), {} jobs per case",
+        a.jobs
+    );
     println!("| workers | backlog | p50 ms | p99 ms | max ms | not claimed within 10 s |");
     println!("|---|---|---|---|---|---|");
-    let backlogs: Vec<usize> = if a.backlog > 0 { vec![0, a.backlog] } else { vec![0] };
+    let backlogs: Vec<usize> = if a.backlog > 0 {
+        vec![0, a.backlog]
+    } else {
+        vec![0]
+    };
     for &w in &a.workers {
         for &backlog in &backlogs {
             let (mut lat, missed) = latency_case(rt, w, backlog, a.jobs).await?;
@@ -272,7 +279,9 @@ async fn latency_case(
             .await
             .is_none()
         {
-            return Err(eyre!("job {id} did not complete (is the no-op runtime in use?)"));
+            return Err(eyre!(
+                "job {id} did not complete (is the no-op runtime in use?)"
+            ));
         }
     }
     pool.stop().await;
@@ -336,7 +345,10 @@ async fn cost(rt: &Handle, a: &CostArgs) -> eyre::Result<()> {
         "\n## 3. Cost against the backlog: jobs of {} owners queued; {} polls at capacity, {} claims",
         a.owners, a.polls, a.claims
     );
-    println!("| queued | ms/poll p50 | ms/poll mean | ms/claim (first→last of {}) | claims/s |", a.claims);
+    println!(
+        "| queued | ms/poll p50 | ms/poll mean | ms/claim (first→last of {}) | claims/s |",
+        a.claims
+    );
     println!("|---|---|---|---|---|");
     for &n in &a.queued {
         let mut bench = Bench::new().await?;
@@ -464,7 +476,9 @@ async fn fairness(rt: &Handle, a: &FairnessArgs) -> eyre::Result<()> {
     }
     pool.stop().await;
     bench.drop_now().await?;
-    println!("| window | owners with work all window | jobs started | min–max per owner | Jain's index |");
+    println!(
+        "| window | owners with work all window | jobs started | min–max per owner | Jain's index |"
+    );
     println!("|---|---|---|---|---|");
     let window = Duration::from_secs(a.window_secs);
     let windows = a.duration_secs / a.window_secs.max(1);

@@ -108,7 +108,11 @@ impl Sandbox for NoopSandbox {
         })
     }
 
-    async fn read_file(&self, path: &str, _max_bytes: u64) -> Result<Option<Vec<u8>>, RuntimeError> {
+    async fn read_file(
+        &self,
+        path: &str,
+        _max_bytes: u64,
+    ) -> Result<Option<Vec<u8>>, RuntimeError> {
         // The verifier reads `reward.txt` when there is no `reward.json`: a reward of 1 makes the attempt pass.
         Ok(path.ends_with("/reward.txt").then(|| b"1\n".to_vec()))
     }
