@@ -23,6 +23,7 @@ fi
 echo "==> cargo fmt --check"
 cargo fmt --all --check
 echo "==> cargo clippy (warnings are errors)"
+# `--all-targets` includes the benchmarks (benches/, see BENCHMARKS.md): they are checked here, not run.
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 # Each integration test makes its own database; drop those left by earlier runs.
