@@ -86,7 +86,11 @@ impl Poller {
 
     /// Also keep claiming closed while the runtime's own data folder (Docker's) is nearly full.
     pub async fn watch_runtime_disk(&mut self) {
-        let root = self.app.runtime.data_root().await;
+        // Bounded: a daemon that does not answer must not hold the start (its filesystem is then not watched).
+        let root = tokio::time::timeout(Duration::from_secs(10), self.app.runtime.data_root())
+            .await
+            .ok()
+            .flatten();
         self.disk.watch_docker_root(root);
     }
 

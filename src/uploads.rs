@@ -430,3 +430,99 @@ pub async fn settle(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::LocalStore;
+
+    fn manifest(attempt_id: Uuid) -> Manifest {
+        Manifest {
+            job_id: Uuid::new_v4(),
+            attempt_id,
+            index: 0,
+            prefix: "results/j/attempt-0".into(),
+        }
+    }
+
+    #[test]
+    fn a_staged_entry_is_locked_while_its_owner_lives() {
+        let work = tempfile::tempdir().unwrap();
+        let root = work.path().join("uploads");
+        let trial = work.path().join("trial");
+        std::fs::create_dir_all(&trial).unwrap();
+        std::fs::write(trial.join("result.json"), "{}").unwrap();
+        let id = Uuid::new_v4();
+        let entry = stage(&root, &trial, manifest(id)).unwrap();
+        assert!(!trial.exists(), "the folder was moved, not copied");
+        assert!(entry.trial().join("result.json").is_file());
+        let on_disk: Manifest =
+            serde_json::from_slice(&std::fs::read(entry.dir().join("manifest.json")).unwrap())
+                .unwrap();
+        assert_eq!(&on_disk, entry.manifest());
+        // Nobody else takes an entry that is held.
+        assert!(lock(entry.dir()).unwrap().is_none());
+        std::fs::create_dir_all(&trial).unwrap();
+        assert!(stage(&root, &trial, manifest(id)).is_err());
+        let dir = entry.dir().to_path_buf();
+        drop(entry);
+        assert!(lock(&dir).unwrap().is_some(), "released with its owner");
+    }
+
+    #[tokio::test]
+    async fn a_retried_upload_sends_only_the_files_not_stored_yet() {
+        let work = tempfile::tempdir().unwrap();
+        let trial = work.path().join("trial");
+        std::fs::create_dir_all(trial.join("agent")).unwrap();
+        std::fs::write(trial.join("result.json"), "{}").unwrap();
+        std::fs::write(trial.join("agent/oracle.txt"), "out").unwrap();
+        let store = ArtifactStore::Local(LocalStore::new(work.path().join("store")));
+        let policy = UploadPolicy::new(work.path(), Duration::ZERO, 2);
+        let done_list = work.path().join("uploaded.txt");
+        // As if result.json had gone up before an outage: it is listed, so it is not sent again.
+        std::fs::write(&done_list, "results/j/attempt-0/result.json\n").unwrap();
+        let url = upload_folder(
+            &store,
+            &policy,
+            &trial,
+            "results/j/attempt-0",
+            Some(&done_list),
+        )
+        .await
+        .unwrap();
+        assert_eq!(url, "s3://local/results/j/attempt-0/");
+        let stored = work.path().join("store/local/results/j/attempt-0");
+        assert!(stored.join("agent/oracle.txt").is_file());
+        assert!(
+            !stored.join("result.json").exists(),
+            "listed as stored: not sent again"
+        );
+        let listed = std::fs::read_to_string(&done_list).unwrap();
+        assert!(
+            listed.contains("results/j/attempt-0/agent/oracle.txt"),
+            "{listed}"
+        );
+    }
+
+    #[test]
+    fn metadata_names_the_state_and_why_files_were_lost() {
+        assert_eq!(
+            ArtifactsState::Uploaded.to_json(),
+            json!({"state": "uploaded"})
+        );
+        assert_eq!(
+            ArtifactsState::Pending.to_json(),
+            json!({"state": "pending"})
+        );
+        let result: Result<String, StoreError> = Err(StoreError::Rejected {
+            url: "s3://b/k".into(),
+            message: "AccessDenied".into(),
+        });
+        let (log_path, state) = settled(&result);
+        assert_eq!(log_path, None);
+        let ArtifactsState::Lost(why) = state else {
+            panic!("{state:?}")
+        };
+        assert!(why.contains("AccessDenied"), "{why}");
+    }
+}

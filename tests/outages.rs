@@ -172,7 +172,9 @@ async fn an_s3_outage_longer_than_the_bound_records_the_artifacts_as_lost() {
     );
     // Nothing is left waiting on disk either.
     let pending = h.work.path().join("uploads");
-    let left = std::fs::read_dir(&pending).map(Iterator::count).unwrap_or(0);
+    let left = std::fs::read_dir(&pending)
+        .map(Iterator::count)
+        .unwrap_or(0);
     assert_eq!(left, 0, "entries left in {}", pending.display());
 }
 
