@@ -121,6 +121,14 @@ struct FairnessArgs {
 
 fn main() -> eyre::Result<()> {
     let cli = Cli::parse();
+    // The worker's logs, for a look at where the time goes (e.g. `RUST_LOG=terminal_bench_worker=debug`); off by
+    // default so logging is not part of the figures.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     // The workers' runtime: multi-threaded like the daemon's (`#[tokio::main]`, one thread per core).
     let workers_rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -297,8 +305,10 @@ async fn throughput(rt: &Handle, a: &ThroughputArgs) -> eyre::Result<()> {
         "\n## 2. Throughput with no-op attempts: {} jobs of {} owners queued, then the workers start",
         a.jobs, a.owners
     );
-    println!("| workers | MAX_CONCURRENT_JOBS | jobs finished | failed | seconds | jobs/s |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| workers | MAX_CONCURRENT_JOBS | jobs finished | failed | seconds | jobs/s | p50 ms claimed → finished |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     for &max_jobs in &a.max_jobs {
         for &w in &a.workers {
             let mut bench = Bench::new().await?;
@@ -310,15 +320,22 @@ async fn throughput(rt: &Handle, a: &ThroughputArgs) -> eyre::Result<()> {
             let cap = tokio::time::Instant::now() + Duration::from_secs(a.cap_secs);
             let (mut first, mut last) = (None, None);
             let (mut done, mut failed) = (0usize, 0usize);
+            // Where the time goes: how long each job ran (claimed → final) against the gaps between claims.
+            let mut started: HashMap<Uuid, Instant> = HashMap::new();
+            let mut runs = Vec::new();
             while done < a.jobs {
                 let left = cap.saturating_duration_since(tokio::time::Instant::now());
                 let Some(e) = bench.next_event(left).await else {
                     break;
                 };
-                if e.status == "running" && first.is_none() {
-                    first = Some(e.at);
+                if e.status == "running" {
+                    first.get_or_insert(e.at);
+                    started.insert(e.job, e.at);
                 }
                 if e.is_final() {
+                    if let Some(at) = started.get(&e.job) {
+                        runs.push(e.at.duration_since(*at));
+                    }
                     done += 1;
                     failed += usize::from(e.status == "failed");
                     last = Some(e.at);
@@ -331,7 +348,11 @@ async fn throughput(rt: &Handle, a: &ThroughputArgs) -> eyre::Result<()> {
                 _ => 0.0,
             };
             let rate = if secs > 0.0 { done as f64 / secs } else { 0.0 };
-            println!("| {w} | {max_jobs} | {done} | {failed} | {secs:.2} | {rate:.1} |");
+            runs.sort();
+            println!(
+                "| {w} | {max_jobs} | {done} | {failed} | {secs:.2} | {rate:.1} | {:.0} |",
+                ms(quantile(&runs, 0.5))
+            );
         }
     }
     Ok(())
