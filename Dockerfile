@@ -1,6 +1,6 @@
-# The worker as a container image, for machines that can pull images: build the release binary in the Rust image,
-# run it on Debian slim. Where images cannot be pulled, scripts/worker-image.sh builds Dockerfile.offline instead
-# (same runtime image, from a binary built on the host).
+# The worker as a container image, for machines that can pull images: build the shipped binary (Cargo profile
+# `dist`) in the Rust image, run it on Debian slim. Where images cannot be pulled, scripts/worker-image.sh builds
+# Dockerfile.offline instead (same runtime image, from a binary built on the host).
 #
 #   docker build -t terminal-bench-worker .
 #
@@ -11,8 +11,8 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bin terminal-bench-worker \
-    && cp target/release/terminal-bench-worker /terminal-bench-worker
+RUN cargo build --profile dist --locked --bin terminal-bench-worker \
+    && cp target/dist/terminal-bench-worker /terminal-bench-worker
 
 FROM debian:bookworm-slim
 # The S3 and OpenAI clients verify TLS against the system's CA bundle.

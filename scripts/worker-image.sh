@@ -4,6 +4,7 @@
 # the binary. Idempotent: cargo and Docker reuse what is already built.
 #
 #   scripts/worker-image.sh                  # terminal-bench-worker:latest from a release build
+#   PROFILE=dist scripts/worker-image.sh     # the shipped build: smaller binary and RSS, longer build (Cargo.toml)
 #   WORKER_IMAGE=tbw:dev PROFILE=debug scripts/worker-image.sh   # quicker: the debug build, stripped
 #
 # CARGO_TARGET_DIR is honoured. Machines that can pull images can use `docker build .` (Dockerfile) instead.
@@ -20,8 +21,9 @@ die() { printf 'worker-image.sh: error: %s\n' "$*" >&2; exit 1; }
 
 case "$PROFILE" in
     release) cargo_args=(--release); out=release ;;
+    dist) cargo_args=(--profile dist); out=dist ;;
     debug) cargo_args=(); out=debug ;;
-    *) die "PROFILE must be release or debug, got $PROFILE" ;;
+    *) die "PROFILE must be release, dist or debug, got $PROFILE" ;;
 esac
 command -v cargo >/dev/null 2>&1 || die "cargo not found; install Rust (rustup) first"
 docker info >/dev/null 2>&1 || die "no Docker daemon answers; start dockerd first (scripts/services.sh does)"
