@@ -6,6 +6,20 @@ use std::path::{Path, PathBuf};
 
 /// Free bytes for unprivileged writers on the filesystem holding `path` (its nearest existing ancestor).
 pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    let st = statvfs_near(path)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// The share (0 to 1) of the filesystem holding `path` that is free for unprivileged writers.
+pub fn free_share(path: &Path) -> std::io::Result<f64> {
+    let st = statvfs_near(path)?;
+    if st.f_blocks == 0 {
+        return Ok(1.0);
+    }
+    Ok(st.f_bavail as f64 / st.f_blocks as f64)
+}
+
+fn statvfs_near(path: &Path) -> std::io::Result<rustix::fs::StatVfs> {
     let mut at = path;
     while !at.exists() {
         match at.parent() {
@@ -16,8 +30,7 @@ pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
             }
         }
     }
-    let st = rustix::fs::statvfs(at).map_err(std::io::Error::from)?;
-    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+    rustix::fs::statvfs(at).map_err(std::io::Error::from)
 }
 
 /// One filesystem the gate watches.

@@ -116,6 +116,9 @@ pub async fn harness_with_runtime(
     vars.insert("WORKER_POLL_INTERVAL_MS".into(), "200".into());
     vars.insert("WORKER_WORK_DIR".into(), work.path().display().to_string());
     vars.insert("DEFAULT_MEMORY_MB".into(), "512".into());
+    // Test-owned daemons run on disks of 1–2 GiB (tests/common/dockerd.rs): below the default MIN_FREE_DISK_MB, which
+    // would keep the worker from claiming. Tests of the disk gate set their own.
+    vars.insert("MIN_FREE_DISK_MB".into(), "64".into());
     // The suite runs a second time under another container runtime (scripts/test.sh: `DOCKER_RUNTIME=runsc`).
     if let Ok(runtime) = std::env::var("DOCKER_RUNTIME") {
         vars.insert("DOCKER_RUNTIME".into(), runtime);

@@ -143,7 +143,41 @@ pub(super) async fn build(
         }
     };
     drop(cgroup);
-    result
+    match result {
+        Err(RuntimeError::BuildInfrastructure(tail))
+            if tail.to_ascii_lowercase().contains(DISK_FULL) =>
+        {
+            Err(disk_full_whose_fault(docker, tail).await)
+        }
+        other => other,
+    }
+}
+
+/// Share of Docker's disk that must be free again once the failed step is gone for a full disk to be the task's
+/// doing (its Dockerfile filled the disk) rather than the host's.
+const ROOM_AFTER_OWN_FILL: f64 = 0.25;
+
+/// A build that ran out of disk: the task's fault when the disk has room again once the daemon removed the failed
+/// step (the Dockerfile itself filled it; running it again would only fill it again), the infrastructure's when the
+/// disk stays full or cannot be looked at (a daemon on another host).
+async fn disk_full_whose_fault(docker: &Docker, tail: String) -> RuntimeError {
+    let root = docker
+        .info()
+        .await
+        .ok()
+        .and_then(|i| i.docker_root_dir)
+        .map(std::path::PathBuf::from)
+        .filter(|p| p.exists());
+    if let Some(root) = root {
+        // The daemon removes the failed step's container just after it reports the failure.
+        for _ in 0..5 {
+            if crate::disk::free_share(&root).is_ok_and(|share| share >= ROOM_AFTER_OWN_FILL) {
+                return RuntimeError::Build(tail);
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    RuntimeError::BuildInfrastructure(tail)
 }
 
 /// The daemon's words when its own disk is full. The daemon reports a failed build step only as text, so this is
