@@ -149,7 +149,8 @@ async fn a_task_without_internet_gets_no_network_at_all() {
   echo "routes $(tail -n +2 /proc/net/route | wc -l)"
   probe {docker0} {port} host
 }} | tee /logs/agent/probes.txt
-sleep 2
+# Long enough for the test to find the container and inspect it on a loaded machine.
+sleep 10
 "#,
         port = server.port
     );
