@@ -155,21 +155,7 @@ const DISK_MB: u64 = 1024;
 /// A test-owned daemon on a 1 GiB XFS image with project quotas, holding `debian:bookworm-slim`, and a harness
 /// whose worker runs on it.
 async fn xfs_daemon(extra: &[(&str, &str)]) -> (TestDockerd, DockerRuntime, Harness) {
-    let daemon = tokio::task::spawn_blocking(|| {
-        let daemon = TestDockerd::create(DISK_MB)
-            .unwrap_or_else(|e| panic!("could not start a test-owned dockerd: {e}"));
-        daemon
-            .load_image("debian:bookworm-slim")
-            .unwrap_or_else(|e| panic!("could not load the base image: {e}"));
-        daemon
-    })
-    .await
-    .unwrap();
-    let runtime = DockerRuntime::connect_socket(&daemon.socket())
-        .await
-        .unwrap_or_else(|e| panic!("{e}: {}", daemon.log_tail()));
-    let h = harness_with_runtime(fresh_database().await, extra, runtime.clone()).await;
-    (daemon, runtime, h)
+    harness_on_test_daemon(DISK_MB, extra).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -47,21 +47,7 @@ fn slow_hello(parent: &Path, seconds: u32) -> PathBuf {
 
 /// A test-owned daemon holding `debian:bookworm-slim`, and a harness whose worker runs attempts on it.
 async fn daemon_and_harness(extra: &[(&str, &str)]) -> (TestDockerd, DockerRuntime, Harness) {
-    let daemon = tokio::task::spawn_blocking(|| {
-        let daemon = TestDockerd::create(2048)
-            .unwrap_or_else(|e| panic!("could not start a test-owned dockerd: {e}"));
-        daemon
-            .load_image("debian:bookworm-slim")
-            .unwrap_or_else(|e| panic!("could not load the base image: {e}"));
-        daemon
-    })
-    .await
-    .unwrap();
-    let runtime = DockerRuntime::connect_socket(&daemon.socket())
-        .await
-        .unwrap_or_else(|e| panic!("{e}: {}", daemon.log_tail()));
-    let h = harness_with_runtime(fresh_database().await, extra, runtime.clone()).await;
-    (daemon, runtime, h)
+    harness_on_test_daemon(2048, extra).await
 }
 
 /// Wait until `n` of the worker's containers run on the daemon and their solutions had time to start.

@@ -103,6 +103,29 @@ pub async fn harness_on(test_db: TestDb, extra: &[(&str, &str)]) -> Harness {
     harness_with_runtime(test_db, extra, runtime).await
 }
 
+/// A test-owned daemon on a disk of `disk_mb` MiB holding `debian:bookworm-slim`, and a harness (with `extra`) whose
+/// worker runs attempts on it.
+pub async fn harness_on_test_daemon(
+    disk_mb: u64,
+    extra: &[(&str, &str)],
+) -> (dockerd::TestDockerd, DockerRuntime, Harness) {
+    let daemon = tokio::task::spawn_blocking(move || {
+        let daemon = dockerd::TestDockerd::create(disk_mb)
+            .unwrap_or_else(|e| panic!("could not start a test-owned dockerd: {e}"));
+        daemon
+            .load_image("debian:bookworm-slim")
+            .unwrap_or_else(|e| panic!("could not load the base image: {e}"));
+        daemon
+    })
+    .await
+    .unwrap();
+    let runtime = DockerRuntime::connect_socket(&daemon.socket())
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {}", daemon.log_tail()));
+    let h = harness_with_runtime(fresh_database().await, extra, runtime.clone()).await;
+    (daemon, runtime, h)
+}
+
 /// Build a harness whose worker runs attempts on `runtime` (e.g. a test-owned daemon, [`dockerd::TestDockerd`]).
 pub async fn harness_with_runtime(
     test_db: TestDb,
