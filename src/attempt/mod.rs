@@ -153,6 +153,7 @@ pub async fn run_attempt(
         mut out,
         sandbox,
         interrupted,
+        ..
     } = retry::run_with_retries(ctx, attempt, &spec, &deadline).await;
     // After a cancellation or a shutdown only speed matters: no logs are collected or uploaded.
     let keep_logs = !matches!(
@@ -231,6 +232,8 @@ struct Run {
     out: AttemptOutcome,
     sandbox: Option<Box<dyn Sandbox>>,
     interrupted: Option<Interrupted>,
+    /// The runtime's failed pings when the run started ([`Runtime::outages`]).
+    outages_at_start: u64,
 }
 
 /// Run the phases once, in a fresh sandbox, until they end, the job stops, or the run's deadline passes.
@@ -243,6 +246,7 @@ async fn run_once(
     let mut out = AttemptOutcome::new(attempt.id, attempt.index);
     out.warnings = ctx.limit_warnings.to_vec();
     let mut slot = Slot::Empty;
+    let outages_at_start = ctx.runtime.outages();
 
     let interrupted = tokio::select! {
         biased;
@@ -276,6 +280,7 @@ async fn run_once(
         out,
         sandbox,
         interrupted,
+        outages_at_start,
     }
 }
 

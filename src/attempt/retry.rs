@@ -142,9 +142,12 @@ async fn infrastructure_cause(ctx: &AttemptContext, run: &Run) -> Option<String>
     let sandbox = run.sandbox.as_ref()?;
     match sandbox.is_running().await {
         Ok(true) => None,
-        Ok(false) => Some(
-            "the attempt's container stopped or vanished while it ran (was the Docker daemon restarted?)".into(),
+        // Only when the runtime was seen away during the run: a task can stop its own container too (a fork bomb
+        // under gVisor does), and that is its own doing.
+        Ok(false) if ctx.runtime.outages() != run.outages_at_start => Some(
+            "the attempt's container stopped or vanished while the Docker daemon was away (restarted?)".into(),
         ),
+        Ok(false) => None,
         Err(e) if e.is_infrastructure() => Some(format!(
             "could not check the attempt's container: {e}"
         )),

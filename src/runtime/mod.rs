@@ -292,6 +292,12 @@ pub trait Runtime: Send + Sync {
         Ok(())
     }
 
+    /// How many pings this runtime has failed so far (the worker pings every few seconds): a run during which this
+    /// grew met an outage. Runtimes that cannot go away answer 0.
+    fn outages(&self) -> u64 {
+        0
+    }
+
     /// Sandboxes that name their attempt, as `(sandbox id, attempt id)`, so a sweep can remove those of attempts
     /// that are over.
     async fn sandbox_attempts(&self) -> Result<Vec<(String, Uuid)>, RuntimeError> {

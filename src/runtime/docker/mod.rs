@@ -57,6 +57,8 @@ pub struct DockerRuntime {
     network: NetworkConfig,
     images: Arc<image::ImagePolicy>,
     privileges: PrivilegesConfig,
+    /// Failed pings so far, shared by every clone ([`Runtime::outages`]).
+    outages: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn is_not_found(e: &DockerError) -> bool {
@@ -94,6 +96,7 @@ impl DockerRuntime {
             network: NetworkConfig::default(),
             images: Default::default(),
             privileges: PrivilegesConfig::default(),
+            outages: Arc::default(),
         })
     }
 
@@ -229,14 +232,23 @@ impl Runtime for DockerRuntime {
     }
 
     async fn ping(&self) -> Result<(), RuntimeError> {
-        match tokio::time::timeout(PING_TIMEOUT, self.docker.ping()).await {
+        let result = match tokio::time::timeout(PING_TIMEOUT, self.docker.ping()).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(e.into()),
             Err(_) => Err(RuntimeError::Gone(format!(
                 "the Docker daemon did not answer a ping within {} s",
                 PING_TIMEOUT.as_secs()
             ))),
+        };
+        if result.is_err() {
+            self.outages
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
+        result
+    }
+
+    fn outages(&self) -> u64 {
+        self.outages.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     async fn sandbox_attempts(&self) -> Result<Vec<(String, Uuid)>, RuntimeError> {
