@@ -177,18 +177,27 @@ fi
 
     // While it runs, its container is on Docker's `none` network and no network was made for it.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
-    let container = loop {
-        if let Some(c) = h.containers_of(job).await.into_iter().next() {
-            break c;
+    // A container can come and go before the attempt's own one runs (a fresh worker learns whether the daemon takes
+    // a disk limit by creating one), so look until one that is there answers.
+    let mode = loop {
+        let mut found = None;
+        for container in h.containers_of(job).await {
+            let inspect = Command::new("docker")
+                .args(["inspect", "-f", "{{.HostConfig.NetworkMode}}", &container])
+                .output()
+                .unwrap();
+            if inspect.status.success() {
+                found = Some(String::from_utf8_lossy(&inspect.stdout).trim().to_string());
+                break;
+            }
+        }
+        if let Some(mode) = found {
+            break mode;
         }
         assert!(tokio::time::Instant::now() < deadline, "no container");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let mode = output(
-        "docker",
-        &["inspect", "-f", "{{.HostConfig.NetworkMode}}", &container],
-    );
-    assert_eq!(mode.trim(), "none");
+    assert_eq!(mode, "none");
     assert!(networks_of(job).is_empty(), "{:?}", networks_of(job));
 
     let done = h.wait_final(job, Duration::from_secs(180)).await;
