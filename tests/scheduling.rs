@@ -96,6 +96,27 @@ async fn owners_take_turns_however_unequal_their_backlogs() {
     );
 }
 
+/// Sixteen claimers, each on a connection of its own, claim up to `room` jobs each at the same time; how many they
+/// claimed together.
+async fn claim_at_once(url: &str, limits: Limits, room: usize) -> usize {
+    let mut claimers = Vec::new();
+    for _ in 0..16 {
+        let url = url.to_string();
+        claimers.push(tokio::spawn(async move {
+            let conn = db::connect(&url).await.unwrap();
+            claims::claim_batch(&conn, Uuid::new_v4(), limits, LEASE, room)
+                .await
+                .unwrap()
+                .len()
+        }));
+    }
+    let mut total = 0;
+    for c in claimers {
+        total += c.await.unwrap();
+    }
+    total
+}
+
 #[tokio::test]
 async fn concurrent_claimers_never_exceed_the_global_limit() {
     let (t, conn, users) = setup(10).await;
@@ -108,21 +129,7 @@ async fn concurrent_claimers_never_exceed_the_global_limit() {
         max_jobs: 5,
         max_active_per_owner: 10,
     };
-    let mut claimers = Vec::new();
-    for _ in 0..16 {
-        let url = t.url.clone();
-        claimers.push(tokio::spawn(async move {
-            let conn = db::connect(&url).await.unwrap();
-            claims::claim_batch(&conn, Uuid::new_v4(), limits, LEASE, 5)
-                .await
-                .unwrap()
-                .len()
-        }));
-    }
-    let mut total = 0;
-    for c in claimers {
-        total += c.await.unwrap();
-    }
+    let mut total = claim_at_once(&t.url, limits, 5).await;
     assert!((1..=5).contains(&total), "{total} claimed at once");
     // Whatever a race left free is claimed now, and still no more than the limit.
     total += claims::claim_batch(&conn, Uuid::new_v4(), limits, LEASE, 10)
@@ -158,21 +165,7 @@ async fn concurrent_claimers_never_exceed_an_owners_limit() {
         max_jobs: 10,
         max_active_per_owner: 2,
     };
-    let mut claimers = Vec::new();
-    for _ in 0..16 {
-        let url = t.url.clone();
-        claimers.push(tokio::spawn(async move {
-            let conn = db::connect(&url).await.unwrap();
-            claims::claim_batch(&conn, Uuid::new_v4(), limits, LEASE, 3)
-                .await
-                .unwrap()
-                .len()
-        }));
-    }
-    let mut total = 0;
-    for c in claimers {
-        total += c.await.unwrap();
-    }
+    let mut total = claim_at_once(&t.url, limits, 3).await;
     assert!((1..=2).contains(&total), "{total} claimed at once");
     total += claims::claim_batch(&conn, Uuid::new_v4(), limits, LEASE, 10)
         .await
