@@ -99,15 +99,14 @@ impl Poller {
     pub async fn poll_once(&mut self) -> Result<usize, DbErr> {
         self.reap();
         self.release_refused().await;
-        if !self.disk.may_claim() {
-            self.queued = db::count_queued(&self.app.db).await?;
-            self.counted_at = Some(tokio::time::Instant::now());
-            metrics().set_queued(self.queued);
-            return Ok(0);
-        }
-        let offered = match self.app.coordination.clone() {
-            Some(co) => self.claim_and_offer(&co).await?,
-            None => self.offer_queued().await?,
+        // While a filesystem the worker writes to is nearly full, nothing is taken up; the backlog is still counted.
+        let offered = if !self.disk.may_claim() {
+            0
+        } else {
+            match self.app.coordination.clone() {
+                Some(co) => self.claim_and_offer(&co).await?,
+                None => self.offer_queued().await?,
+            }
         };
         let due = self
             .counted_at

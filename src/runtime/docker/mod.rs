@@ -61,6 +61,12 @@ pub struct DockerRuntime {
     outages: Arc<std::sync::atomic::AtomicU64>,
 }
 
+/// The daemon's `DockerRootDir`, where it keeps images and containers (a path on the daemon's host).
+pub(crate) async fn docker_root(docker: &Docker) -> Option<std::path::PathBuf> {
+    let info = docker.info().await.ok()?;
+    info.docker_root_dir.map(std::path::PathBuf::from)
+}
+
 fn is_not_found(e: &DockerError) -> bool {
     matches!(
         e,
@@ -186,8 +192,7 @@ impl DockerRuntime {
 #[async_trait]
 impl Runtime for DockerRuntime {
     async fn data_root(&self) -> Option<std::path::PathBuf> {
-        let info = self.docker.info().await.ok()?;
-        info.docker_root_dir.map(std::path::PathBuf::from)
+        docker_root(&self.docker).await
     }
 
     fn describe(&self) -> String {

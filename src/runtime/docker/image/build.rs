@@ -161,12 +161,8 @@ const ROOM_AFTER_OWN_FILL: f64 = 0.25;
 /// step (the Dockerfile itself filled it; running it again would only fill it again), the infrastructure's when the
 /// disk stays full or cannot be looked at (a daemon on another host).
 async fn disk_full_whose_fault(docker: &Docker, tail: String) -> RuntimeError {
-    let root = docker
-        .info()
+    let root = crate::runtime::docker::docker_root(docker)
         .await
-        .ok()
-        .and_then(|i| i.docker_root_dir)
-        .map(std::path::PathBuf::from)
         .filter(|p| p.exists());
     if let Some(root) = root {
         // The daemon removes the failed step's container just after it reports the failure.
