@@ -93,10 +93,13 @@ async fn a_fork_bomb_in_the_dockerfile_is_bounded_and_its_endless_build_stops_at
     let dir = tempfile::tempdir().unwrap();
     let marker = format!("bomb-{}", Uuid::new_v4().simple());
     // The bomb forks until the limit refuses; the step's own shell then waits on a FIFO with builtins only (no
-    // fork it could be refused), so the step lives until the build is stopped.
+    // fork it could be refused), so the step lives until the build is stopped. The step's shell forks exactly once,
+    // `b &`, before any bomb exists: calling `b` itself would fork the two halves of the pipe from this shell, and
+    // the first half's offspring can fill the limit before the second fork, which kills the step (exit 254) and
+    // ends the build early instead of at the ceiling.
     let dockerfile = format!(
         "FROM debian:bookworm-slim\nSHELL [\"/bin/bash\", \"-c\"]\n\
-         RUN echo {marker}; mkfifo /tmp/wait; exec 3<>/tmp/wait; b() {{ b | b & }}; b; \
+         RUN echo {marker}; mkfifo /tmp/wait; exec 3<>/tmp/wait; b() {{ b | b & }}; b & \
          while :; do read -t 1 -u 3 || true; done\n"
     );
     let bomb = write_task(
