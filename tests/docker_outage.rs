@@ -1,7 +1,7 @@
 //! The Docker daemon going away under running attempts, against a test-owned daemon ([`TestDockerd`]) the worker
 //! talks to: a short outage is ridden out (the attempts run again in fresh containers and count), a long one ends
-//! the attempts as `InfrastructureError` (not counted in `runs_completed`), and no container is left once the daemon
-//! is back.
+//! the attempts as `InfrastructureError` (not counted in `runs_completed`), no container is left once the daemon
+//! is back, and an image build the outage cut off is built again.
 
 mod common;
 
@@ -192,6 +192,83 @@ async fn a_docker_daemon_that_stays_away_ends_attempts_as_infrastructure_errors_
         !worker.is_finished(),
         "the worker kept serving through the outage"
     );
+    stop.cancel();
+    worker.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_build_cut_off_by_a_daemon_restart_is_built_again_and_the_job_completes() {
+    let (mut daemon, _runtime, h) = daemon_and_harness(&[
+        ("INFRA_RETRIES", "2"),
+        ("INFRA_WAIT_SECS", "120"),
+        ("INFRA_BACKOFF_SECS", "1"),
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let marker = format!("build-{}", Uuid::new_v4().simple());
+    // The build's one step runs long enough to be cut off; the image it makes is what the solution checks.
+    let task = write_task(
+        dir.path(),
+        "slow-build",
+        &[
+            ("task.toml", ""),
+            (
+                "environment/Dockerfile",
+                &format!(
+                    "FROM debian:bookworm-slim\nWORKDIR /app\nRUN echo {marker} && sleep 8 && echo built > /built\n"
+                ),
+            ),
+            (
+                "solution/solve.sh",
+                "#!/bin/bash\nset -e\ngrep -q built /built\ntouch /app/done\n",
+            ),
+            ("tests/test.sh", TEST_DONE),
+        ],
+    );
+    let (stop, worker) = h.start_worker();
+    let job = submit::submit(&h.app, &task, 1, Some(h.user().await))
+        .await
+        .unwrap();
+
+    // Stop the daemon while the build's step runs: its container is up and no attempt has started.
+    let building = || {
+        let out = daemon
+            .docker()
+            .args(["ps", "-q", "--no-trunc"])
+            .output()
+            .expect("docker ps on the test daemon");
+        !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while !tokio::task::block_in_place(building) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the build's step never started; job: {:?}",
+            h.job(job.id).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        h.running_attempts(job.id).await,
+        0,
+        "the build is still under way"
+    );
+    tokio::task::block_in_place(|| daemon.stop());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::task::block_in_place(|| daemon.start()).expect("restart the test daemon");
+
+    let done = h.wait_final(job.id, Duration::from_secs(300)).await;
+    assert_eq!(
+        done.status,
+        JobStatus::Completed,
+        "{:?}",
+        done.error_message
+    );
+    assert_eq!(done.runs_completed, 1);
+    let attempts = db::attempts_of(&h.db, job.id).await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    let meta = attempts[0].metadata.clone().unwrap();
+    assert_eq!(attempts[0].status, AttemptStatus::Success, "{meta}");
     stop.cancel();
     worker.await.unwrap();
 }
