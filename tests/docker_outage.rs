@@ -70,6 +70,26 @@ async fn wait_for_running_containers(h: &Harness, runtime: &DockerRuntime, job: 
     tokio::time::sleep(Duration::from_secs(3)).await;
 }
 
+/// Stop the daemon for `outage`, start it again, and wait for the job to end `completed`.
+async fn outage_then_completed(
+    daemon: &mut TestDockerd,
+    h: &Harness,
+    job: Uuid,
+    outage: Duration,
+) -> entity::job::Model {
+    tokio::task::block_in_place(|| daemon.stop());
+    tokio::time::sleep(outage).await;
+    tokio::task::block_in_place(|| daemon.start()).expect("restart the test daemon");
+    let done = h.wait_final(job, Duration::from_secs(300)).await;
+    assert_eq!(
+        done.status,
+        JobStatus::Completed,
+        "{:?}",
+        done.error_message
+    );
+    done
+}
+
 /// Containers of the worker left on the daemon (running or not).
 async fn leftovers(runtime: &DockerRuntime) -> Vec<String> {
     runtime.list_managed(None).await.expect("list containers")
@@ -91,17 +111,7 @@ async fn a_docker_daemon_restarted_mid_attempt_is_ridden_out_and_every_run_count
         .unwrap();
     wait_for_running_containers(&h, &runtime, job.id, 2).await;
 
-    tokio::task::block_in_place(|| daemon.stop());
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    tokio::task::block_in_place(|| daemon.start()).expect("restart the test daemon");
-
-    let done = h.wait_final(job.id, Duration::from_secs(300)).await;
-    assert_eq!(
-        done.status,
-        JobStatus::Completed,
-        "{:?}",
-        done.error_message
-    );
+    let done = outage_then_completed(&mut daemon, &h, job.id, Duration::from_secs(10)).await;
     assert_eq!(done.runs_completed, done.runs_requested);
     for a in db::attempts_of(&h.db, job.id).await.unwrap() {
         let meta = a.metadata.clone().unwrap();
@@ -253,17 +263,7 @@ async fn an_image_build_cut_off_by_a_daemon_restart_is_built_again_and_the_job_c
         0,
         "the build is still under way"
     );
-    tokio::task::block_in_place(|| daemon.stop());
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    tokio::task::block_in_place(|| daemon.start()).expect("restart the test daemon");
-
-    let done = h.wait_final(job.id, Duration::from_secs(300)).await;
-    assert_eq!(
-        done.status,
-        JobStatus::Completed,
-        "{:?}",
-        done.error_message
-    );
+    let done = outage_then_completed(&mut daemon, &h, job.id, Duration::from_secs(5)).await;
     assert_eq!(done.runs_completed, 1);
     let attempts = db::attempts_of(&h.db, job.id).await.unwrap();
     assert_eq!(attempts.len(), 1);
