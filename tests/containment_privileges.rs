@@ -102,7 +102,7 @@ async fn a_fork_bomb_ends_its_own_attempt_while_another_users_job_completes() {
     );
     assert!(
         h.containers_of(bomb_job.id).await.is_empty(),
-        "the bomb's container was removed"
+        "the bomb's container was removed: {meta}"
     );
     println!(
         "fork bomb under {}: other user's job completed after {good_after:?}, bomb attempt {kind} after {:?} ({}); \

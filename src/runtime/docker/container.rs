@@ -3,13 +3,18 @@
 //! Docker's init, and removed (with its network) on every path. [`DockerSandbox`] is the attempt's view of it.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
-use bollard::models::{ContainerCreateBody, HostConfig};
-use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder};
+use bollard::models::{ContainerCreateBody, ContainerUpdateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, KillContainerOptions, RemoveContainerOptionsBuilder,
+    StatsOptionsBuilder,
+};
+use futures::StreamExt;
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -44,6 +49,16 @@ done
 [ -n "$keep" ] && kill -CONT "$keep" 2>/dev/null
 true"#;
 
+/// When a command may no longer be started in a container: once it holds a quarter of its process limit.
+/// `runc exec` starts a command by forking inside the container's cgroups; among
+/// thousands of runnable processes sharing the container's CPU quota (a fork bomb, well before it reaches the limit)
+/// it gets almost no CPU and can wait for ever, and the daemon holds the container's lock meanwhile, so inspecting,
+/// stopping or removing the container waits too (seen with Docker 20.10 and runc 1.1: the attempt then waited out
+/// every timeout in turn, and its container stayed behind until its processes were killed by hand).
+fn is_runaway(current: u64, limit: u64) -> bool {
+    limit > 0 && current >= (limit / 4).max(1)
+}
+
 /// One attempt's container.
 pub struct DockerSandbox {
     docker: Docker,
@@ -52,6 +67,9 @@ pub struct DockerSandbox {
     env: Vec<String>,
     /// The network of the container's own, removed after it.
     network: Option<String>,
+    /// How many processes the task ran when the container was stopped for running too many (0 until then); no
+    /// command is started in it afterwards.
+    stopped_at_pids: AtomicU64,
 }
 
 /// Creates the attempt's network (when it gets one of its own), then starts the attempt's container and its log
@@ -130,6 +148,7 @@ async fn start_on(
         workdir,
         env,
         network: None,
+        stopped_at_pids: AtomicU64::new(0),
     };
     if let Err(e) = docker.start_container(&sandbox.id, None).await {
         let _ = sandbox.remove().await;
@@ -183,8 +202,71 @@ pub(super) async fn remove(docker: &Docker, id: &str) -> Result<(), RuntimeError
 
 impl DockerSandbox {
     async fn exec_in(&self, script: &str, workdir: &str) -> Result<ExecOutput, RuntimeError> {
-        exec::run(&self.docker, &self.id, &self.env, script, workdir).await
+        match self.stopped_at_pids.load(Ordering::Relaxed) {
+            0 => exec::run(&self.docker, &self.id, &self.env, script, workdir).await,
+            current => Err(process_limit_error(current, privileges::PIDS_LIMIT as u64)),
+        }
     }
+
+    /// The container's processes and their limit, when there are too many to start a command among them
+    /// ([`is_runaway`]); `None` when there is room, no limit, or the daemon does not say (gVisor reports no count).
+    async fn runaway_processes(&self) -> Option<(u64, u64)> {
+        let options = StatsOptionsBuilder::default()
+            .stream(false)
+            .one_shot(true)
+            .build();
+        let mut stats = self.docker.stats(&self.id, Some(options));
+        let stats = tokio::time::timeout(Duration::from_secs(10), stats.next())
+            .await
+            .ok()??
+            .ok()?;
+        let pids = stats.pids_stats?;
+        let (current, limit) = (pids.current?, pids.limit?);
+        is_runaway(current, limit).then_some((current, limit))
+    }
+
+    /// Stops a container running too many processes: its CPU limit lifted to the whole host, then SIGKILL to its
+    /// init, which takes every process of the container with it. A process can only die once it runs, and thousands
+    /// of them sharing the task's CPU quota could not (seen here: 3,900 processes of a fork bomb under 1 CPU were
+    /// still there minutes after the kill, which the daemon answered with "did not receive an exit event"; they were
+    /// gone 2 s after the quota was lifted). The lift comes first so that the kill finds them able to die; for the
+    /// moment between the two, the bomb spins on refused forks.
+    async fn stop_runaway(&self) {
+        let cpus = match self.docker.info().await {
+            Ok(info) => info.ncpu.unwrap_or(1).max(1),
+            Err(_) => 1,
+        };
+        let lifted = ContainerUpdateBody {
+            nano_cpus: Some(cpus * 1_000_000_000),
+            ..Default::default()
+        };
+        if let Err(e) = self.docker.update_container(&self.id, lifted).await {
+            tracing::warn!(container = %self.id, error = %e, "could not lift the container's CPU limit; its processes may take long to end");
+        }
+        match self
+            .docker
+            .kill_container(&self.id, None::<KillContainerOptions>)
+            .await
+        {
+            Ok(()) => {}
+            // 404, 409: it is gone or stopped already.
+            Err(e) if is_not_found(&e) => {}
+            Err(DockerError::DockerResponseServerError {
+                status_code: 409, ..
+            }) => {}
+            // The teardown's removal kills it again.
+            Err(e) => {
+                tracing::warn!(container = %self.id, error = %e, "could not stop the container; its removal will");
+            }
+        }
+    }
+}
+
+fn process_limit_error(current: u64, limit: u64) -> RuntimeError {
+    RuntimeError::Backend(format!(
+        "the task ran {current} processes (the limit is {limit}; a fork bomb?), too many to start a command among \
+         them; the container was stopped, so no further command runs in it"
+    ))
 }
 
 #[async_trait]
@@ -252,6 +334,16 @@ impl Sandbox for DockerSandbox {
     }
 
     async fn kill_processes(&self) -> Result<(), RuntimeError> {
+        // Called after a command overran its time, which is when a fork bomb has filled the container: no command
+        // can be started in it then without the risk of wedging it (see `is_runaway`), so the whole
+        // container is stopped instead; what follows (the verifier) then fails at once and the removal works.
+        if let Some((current, limit)) = self.runaway_processes().await {
+            tracing::warn!(container = %self.id, current, limit,
+                "the task runs too many processes to start a command among them; stopping the container instead");
+            self.stopped_at_pids.store(current, Ordering::Relaxed);
+            self.stop_runaway().await;
+            return Err(process_limit_error(current, limit));
+        }
         // A container whose shell hangs cannot run this: removing the container (teardown) stops everything anyway.
         match tokio::time::timeout(SETUP_TIMEOUT, self.exec_in(KILL_ALL_BUT_KEEP_ALIVE, "/")).await
         {
@@ -266,5 +358,23 @@ impl Sandbox for DockerSandbox {
             Some(name) => network::remove(&self.docker, name).await,
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_runaway;
+
+    #[test]
+    fn a_quarter_of_the_process_limit_is_too_many_to_start_a_command_among() {
+        assert!(!is_runaway(1, 4096));
+        assert!(!is_runaway(1023, 4096));
+        assert!(is_runaway(1024, 4096));
+        assert!(is_runaway(3942, 4096));
+        // A small limit: a quarter of it too.
+        assert!(!is_runaway(15, 64));
+        assert!(is_runaway(16, 64));
+        // No limit, no refusal.
+        assert!(!is_runaway(100_000, 0));
     }
 }
