@@ -575,13 +575,25 @@ async fn sweep_gone_workers(app: &App, stale: Duration) {
             return;
         }
     };
-    for (id, owner) in owners.iter().filter(|(_, w)| gone.contains(w)) {
+    let chosen = owners.iter().filter(|(_, w)| gone.contains(w));
+    remove_swept(app, chosen, "worker", "whose worker is gone").await;
+}
+
+/// Remove the environments a sweep chose: each container with the worker or attempt (`whose`) that made the sweep
+/// choose it, logged with `why`.
+async fn remove_swept<'a>(
+    app: &App,
+    chosen: impl Iterator<Item = &'a (String, Uuid)>,
+    whose: &str,
+    why: &str,
+) {
+    for (id, key) in chosen {
         match app.runtime.remove_sandbox(id).await {
             Ok(()) => {
-                tracing::info!(container = %id, worker = %owner, "removed an environment whose worker is gone");
+                tracing::info!(container = %id, "removed an environment {why} ({whose} {key})");
             }
             Err(e) => {
-                tracing::warn!(container = %id, error = %e, "could not remove an environment whose worker is gone");
+                tracing::warn!(container = %id, error = %e, "could not remove an environment {why}");
             }
         }
     }
@@ -654,16 +666,8 @@ async fn sweep_finished_attempts(app: &App) {
             return;
         }
     };
-    for (id, attempt) in containers.iter().filter(|(_, a)| finished.contains(a)) {
-        match app.runtime.remove_sandbox(id).await {
-            Ok(()) => {
-                tracing::info!(container = %id, attempt = %attempt, "removed the environment of an attempt that is over");
-            }
-            Err(e) => {
-                tracing::warn!(container = %id, error = %e, "could not remove the environment of an attempt that is over");
-            }
-        }
-    }
+    let chosen = containers.iter().filter(|(_, a)| finished.contains(a));
+    remove_swept(app, chosen, "attempt", "of an attempt that is over").await;
 }
 
 /// Remove environments of jobs that this database knows and that are no longer running (left by a crash). Jobs it
