@@ -3,7 +3,7 @@
 //! Docker's init, and removed (with its network) on every path. [`DockerSandbox`] is the attempt's view of it.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -49,10 +49,9 @@ done
 [ -n "$keep" ] && kill -CONT "$keep" 2>/dev/null
 true"#;
 
-/// When a command may no longer be started in a container: once it holds a quarter of its process limit.
-/// `runc exec` starts a command by forking inside the container's cgroups; among
-/// thousands of runnable processes sharing the container's CPU quota (a fork bomb, well before it reaches the limit)
-/// it gets almost no CPU and can wait for ever, and the daemon holds the container's lock meanwhile, so inspecting,
+/// When a command may no longer be started in a container: once it holds a quarter of its process limit. `runc exec`
+/// starts a command by forking inside the container's cgroups; among thousands of runnable processes sharing the
+/// container's CPU quota (a fork bomb, well before it reaches the limit) it gets almost no CPU and can wait for ever, and the daemon holds the container's lock meanwhile, so inspecting,
 /// stopping or removing the container waits too (seen with Docker 20.10 and runc 1.1: the attempt then waited out
 /// every timeout in turn, and its container stayed behind until its processes were killed by hand).
 fn is_runaway(current: u64, limit: u64) -> bool {
@@ -67,9 +66,9 @@ pub struct DockerSandbox {
     env: Vec<String>,
     /// The network of the container's own, removed after it.
     network: Option<String>,
-    /// How many processes the task ran when the container was stopped for running too many (0 until then); no
-    /// command is started in it afterwards.
-    stopped_at_pids: AtomicU64,
+    /// The task's processes and their limit when the container was stopped for running too many; no command is
+    /// started in it afterwards.
+    stopped_at_pids: OnceLock<(u64, u64)>,
 }
 
 /// Creates the attempt's network (when it gets one of its own), then starts the attempt's container and its log
@@ -148,7 +147,7 @@ async fn start_on(
         workdir,
         env,
         network: None,
-        stopped_at_pids: AtomicU64::new(0),
+        stopped_at_pids: OnceLock::new(),
     };
     if let Err(e) = docker.start_container(&sandbox.id, None).await {
         let _ = sandbox.remove().await;
@@ -191,20 +190,30 @@ pub(super) async fn remove(docker: &Docker, id: &str) -> Result<(), RuntimeError
         .build();
     match docker.remove_container(id, Some(options)).await {
         Ok(()) => Ok(()),
-        Err(e) if is_not_found(&e) => Ok(()),
-        // 409: removal already in progress.
-        Err(DockerError::DockerResponseServerError {
-            status_code: 409, ..
-        }) => Ok(()),
+        // Gone already, or its removal is under way.
+        Err(e) if is_gone_or_conflict(&e) => Ok(()),
         Err(e) => Err(e.into()),
     }
 }
 
+/// The container is gone (404), or the daemon is already doing what was asked or it is moot (409: being removed,
+/// not running).
+fn is_gone_or_conflict(e: &DockerError) -> bool {
+    is_not_found(e)
+        || matches!(
+            e,
+            DockerError::DockerResponseServerError {
+                status_code: 409,
+                ..
+            }
+        )
+}
+
 impl DockerSandbox {
     async fn exec_in(&self, script: &str, workdir: &str) -> Result<ExecOutput, RuntimeError> {
-        match self.stopped_at_pids.load(Ordering::Relaxed) {
-            0 => exec::run(&self.docker, &self.id, &self.env, script, workdir).await,
-            current => Err(process_limit_error(current, privileges::PIDS_LIMIT as u64)),
+        match self.stopped_at_pids.get() {
+            None => exec::run(&self.docker, &self.id, &self.env, script, workdir).await,
+            Some(&(current, limit)) => Err(process_limit_error(current, limit)),
         }
     }
 
@@ -249,11 +258,8 @@ impl DockerSandbox {
             .await
         {
             Ok(()) => {}
-            // 404, 409: it is gone or stopped already.
-            Err(e) if is_not_found(&e) => {}
-            Err(DockerError::DockerResponseServerError {
-                status_code: 409, ..
-            }) => {}
+            // Gone, or stopped already.
+            Err(e) if is_gone_or_conflict(&e) => {}
             // The teardown's removal kills it again.
             Err(e) => {
                 tracing::warn!(container = %self.id, error = %e, "could not stop the container; its removal will");
@@ -340,7 +346,7 @@ impl Sandbox for DockerSandbox {
         if let Some((current, limit)) = self.runaway_processes().await {
             tracing::warn!(container = %self.id, current, limit,
                 "the task runs too many processes to start a command among them; stopping the container instead");
-            self.stopped_at_pids.store(current, Ordering::Relaxed);
+            let _ = self.stopped_at_pids.set((current, limit));
             self.stop_runaway().await;
             return Err(process_limit_error(current, limit));
         }
